@@ -1,0 +1,14 @@
+//! # ddpm — denoising diffusion probabilistic models on burn
+//!
+//! Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM) and Dhariwal & Nichol 2021 (classifier
+//! guidance), with the mathematics kept free of I/O so it can be checked against exact values.
+
+pub mod diffusion;
+pub mod likelihood;
+pub mod model;
+pub mod params;
+pub mod schedule;
+pub mod tensorfile;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,7 @@
+//! Networks: the ε-prediction U-Net and its blocks.
+
+pub mod blocks;
+pub mod import;
+pub mod unet;
+
+pub use unet::{UNet, UNetConfig};

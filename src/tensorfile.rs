@@ -1,0 +1,99 @@
+//! Reading and writing safetensors files of named host arrays, and atomic file writes.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+/// Every tensor of a safetensors file as (name, shape, f32 values), in file order. Integer and
+/// other float types are converted to f32.
+pub fn read_f32_tensors(path: &Path) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let view = st.tensor(&name)?;
+        let values = view_to_f32(&view).with_context(|| format!("{}: `{name}`", path.display()))?;
+        out.push((name, view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+fn view_to_f32(view: &TensorView<'_>) -> Result<Vec<f32>> {
+    let d = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F64 => d
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::I64 => d
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::I32 => d
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::U8 => d.iter().map(|&b| b as f32).collect(),
+        other => bail!("unsupported dtype {other:?}"),
+    })
+}
+
+/// Serialises named f32 arrays to safetensors bytes (with optional string metadata).
+pub fn f32_tensors_to_bytes(
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            let mut b = Vec::with_capacity(v.len() * 4);
+            for x in v.iter() {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            (n.clone(), s.clone(), b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    Ok(safetensors::serialize(views, metadata)?)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
+/// fsync of the folder. A crash leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    {
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// fsync a directory so a rename inside it is durable (best effort).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

@@ -1,0 +1,57 @@
+//! The U-Net against diffusers' UNet2DModel: parameter counts and a forward pass with the
+//! reference weights and outputs in ../shared/data/diffusers-unet/.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use ddpm::model::UNetConfig;
+use ddpm::model::import::load_diffusers_unet;
+use ddpm::{params, tensorfile};
+
+fn fixture_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/diffusers-unet");
+    if dir.join("reference_io.safetensors").exists() {
+        Some(dir)
+    } else {
+        println!("SKIP: {} is absent", dir.display());
+        None
+    }
+}
+
+#[test]
+fn cifar10_preset_has_the_papers_parameter_count() {
+    // Built lazily: counting parameters needs shapes only.
+    let model = UNetConfig::cifar10().init(&Device::flex());
+    assert_eq!(params::count(&model), 35_746_307);
+}
+
+#[test]
+fn small28_preset_parameter_count() {
+    let model = UNetConfig::small28().init(&Device::flex());
+    assert_eq!(params::count(&model), 1_623_169);
+}
+
+#[test]
+fn diffusers_fixture_reproduces_reference_eps() {
+    let Some(dir) = fixture_dir() else { return };
+    let device = Device::flex();
+    let (config, model) = load_diffusers_unet(&dir, &device).expect("load fixture");
+    assert_eq!(config.attention_resolutions, vec![8]);
+    // facts.json: small_config_params.
+    assert_eq!(params::count(&model), 702_499);
+    let io = tensorfile::read_f32_tensors(&dir.join("reference_io.safetensors")).unwrap();
+    let get = |n: &str| io.iter().find(|(k, _, _)| k == n).unwrap().clone();
+    let (_, xs, x) = get("x");
+    let (_, _, t) = get("t");
+    let (_, _, eps) = get("eps");
+    let x = Tensor::<4>::from_data(TensorData::new(x, [xs[0], xs[1], xs[2], xs[3]]), &device);
+    let out = model.forward(x, &t, false);
+    let out: Vec<f32> = out.into_data().try_into_vec().unwrap();
+    let max_err = out
+        .iter()
+        .zip(&eps)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("diffusers fixture: t = {t:?}, max |eps - eps_ref| = {max_err:.3e}");
+    assert!(max_err <= 1e-4, "max abs error {max_err}");
+}
