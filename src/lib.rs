@@ -6,7 +6,9 @@
 pub mod diffusion;
 pub mod likelihood;
 pub mod model;
+pub mod oracle;
 pub mod params;
+pub mod sampling;
 pub mod schedule;
 pub mod tensorfile;
 

@@ -1,0 +1,54 @@
+//! Ancestral sampling, Algorithm 2 of Ho et al. 2020.
+
+use burn::tensor::Tensor;
+
+use super::{NoiseSource, Sampler, StepOutput};
+use crate::diffusion::GaussianDiffusion;
+
+/// `x_{t−1} = μ_θ(x_t, t) + σ_t z`, z ~ N(0, I) for t > 1 and z = 0 at t = 1, with σ_t² the
+/// diffusion's variance type (β or β̃) and optional clipping of x̂₀ to [−1, 1].
+pub struct Ancestral {
+    timesteps: Vec<usize>,
+    /// Clip x̂₀ to [−1, 1] before forming μ̃_t (the reference sampler does).
+    pub clip_x0: bool,
+}
+
+impl Ancestral {
+    /// All T steps, T−1 down to 0 (paper's t = T..1).
+    pub fn new(diffusion: &GaussianDiffusion, clip_x0: bool) -> Self {
+        Ancestral {
+            timesteps: (0..diffusion.num_timesteps()).rev().collect(),
+            clip_x0,
+        }
+    }
+}
+
+impl Sampler for Ancestral {
+    fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    fn step(
+        &self,
+        diffusion: &GaussianDiffusion,
+        x_t: Tensor<4>,
+        k: usize,
+        eps: Tensor<4>,
+        noise: &mut NoiseSource,
+    ) -> StepOutput {
+        let t = self.timesteps[k];
+        let dims = x_t.dims();
+        let device = x_t.device();
+        let out = diffusion.p_mean_variance_from_eps(x_t, &vec![t; dims[0]], eps, self.clip_x0);
+        let prev = if t > 0 {
+            let z = noise.normal(dims, &device);
+            out.mean + z * out.log_variance.mul_scalar(0.5).exp()
+        } else {
+            out.mean
+        };
+        StepOutput {
+            prev,
+            pred_x0: out.pred_x0,
+        }
+    }
+}
