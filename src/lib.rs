@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod diffusion;
+pub mod image;
 pub mod likelihood;
 pub mod model;
 pub mod oracle;
@@ -12,6 +13,7 @@ pub mod params;
 pub mod sampling;
 pub mod schedule;
 pub mod tensorfile;
+pub mod train;
 
 #[cfg(test)]
 pub(crate) mod testing;

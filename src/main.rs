@@ -1,1 +1,752 @@
-fn main() {}
+//! `ddpm`: train diffusion models on your images, sample from them, and look inside.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::{Args, Parser, Subcommand};
+
+use ddpm::data::{self, Split};
+use ddpm::diffusion::{DiffusionConfig, EpsModel, GaussianDiffusion, LossType, VarianceType};
+use ddpm::model::UNetConfig;
+use ddpm::sampling::{
+    Ancestral, Ddim, NoiseSource, Sampler, Spacing, sample, timestep_subsequence,
+};
+use ddpm::schedule::BetaSchedule;
+use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+
+#[derive(Parser)]
+#[command(
+    name = "ddpm",
+    version,
+    about = "Denoising diffusion probabilistic models (Ho et al. 2020) in pure Rust",
+    long_about = "Train DDPMs on your own images, sample from them (ancestral DDPM or DDIM), and \
+inspect the forward process.\n\nStart with `ddpm demo`: it trains a small model on the built-in \
+MNIST-5k digits for a few minutes and writes a sample grid and a denoising GIF."
+)]
+struct Cli {
+    /// Compute device: `cpu` (pure-Rust burn-flex, all cores) or `wgpu` (GPU; needs the
+    /// `wgpu` cargo feature).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (Algorithm 1) into a run folder, or continue one with --resume.
+    Train(TrainArgs),
+    /// Sample images from a trained run (Algorithm 2 or DDIM).
+    Sample(SampleArgs),
+    /// Show the forward process on real images and the schedule's key numbers.
+    Inspect(InspectArgs),
+    /// Train the small preset on the built-in digits for a few minutes, then write pictures.
+    Demo(DemoArgs),
+    /// Measure training and sampling speed (images/s) of a preset.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct DiffusionArgs {
+    /// Number of diffusion steps T.
+    #[arg(long, default_value_t = 1000)]
+    timesteps: usize,
+    /// β schedule: `linear` (Ho et al., 1e-4 → 0.02) or `cosine` (Nichol & Dhariwal).
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    /// Reverse-process variance σ_t²: `large` (β_t) or `small` (β̃_t).
+    #[arg(long, value_enum, default_value_t = VarianceType::Large)]
+    variance: VarianceType,
+    /// Training loss: `simple` (L_simple) or `vlb` (the true bound's weighting).
+    #[arg(long, value_enum, default_value_t = LossType::Simple)]
+    loss: LossType,
+}
+
+impl DiffusionArgs {
+    fn config(&self) -> Result<DiffusionConfig> {
+        let schedule = match self.schedule.as_str() {
+            "linear" => BetaSchedule::linear(),
+            "cosine" => BetaSchedule::cosine(),
+            other => bail!("unknown schedule `{other}` (linear or cosine)"),
+        };
+        Ok(DiffusionConfig {
+            num_timesteps: self.timesteps,
+            schedule,
+            variance: self.variance,
+            loss: self.loss,
+        })
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Run folder to create (config.json, checkpoints/, samples/, log.csv).
+    #[arg(long, required_unless_present = "resume")]
+    run: Option<PathBuf>,
+    /// Continue the run in this folder from its latest checkpoint (exactly where it stopped).
+    #[arg(long, conflicts_with = "run")]
+    resume: Option<PathBuf>,
+    /// Model preset: `small28` (1.6M params, 28×28 grey), `cifar10` (the paper's 35.7M), `tiny`.
+    #[arg(long, default_value = "small28")]
+    preset: String,
+    /// Training data: `mnist5k` (built in), `fashion-mnist` (Debian package), a folder of
+    /// IDX files, CIFAR-10 batches or PNG/JPEG images (sub-folder = class).
+    #[arg(long, default_value = "mnist5k")]
+    data: String,
+    /// Image side; images are resized to it (default: the preset's).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Image channels (default: the preset's; 1 grey, 3 RGB).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Base channel count `ch` (overrides the preset).
+    #[arg(long)]
+    base_channels: Option<usize>,
+    /// Channel multipliers per level, e.g. `1,2,2` (overrides the preset).
+    #[arg(long, value_delimiter = ',')]
+    channel_mult: Option<Vec<usize>>,
+    /// Residual blocks per level (overrides the preset).
+    #[arg(long)]
+    res_blocks: Option<usize>,
+    /// Resolutions with self-attention, e.g. `16` or `14,7` (overrides the preset).
+    #[arg(long, value_delimiter = ',')]
+    attention: Option<Vec<usize>>,
+    /// Dropout in residual blocks (overrides the preset).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// GroupNorm groups (overrides the preset).
+    #[arg(long)]
+    groups: Option<usize>,
+    #[command(flatten)]
+    diffusion: DiffusionArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Stop after this many steps in total.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop after this many minutes of training in total (wall clock).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Linear learning-rate warm-up steps (the paper: 5000; shorter for short runs).
+    #[arg(long, default_value_t = 1000)]
+    warmup: u64,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    /// EMA decay of the weights used for sampling. The paper's 0.9999 averages over ~10k
+    /// steps: for runs under ~50k steps use 0.999 (or 0.995 for a few thousand steps).
+    #[arg(long, default_value_t = 0.9999)]
+    ema_decay: f64,
+    /// Random horizontal flips (right for CIFAR-10 and photos, wrong for digits and text).
+    #[arg(long)]
+    hflip: bool,
+    /// Seed for initialisation, batches, t, ε and previews.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Preview grid (EMA weights, 50 DDIM steps) every N steps.
+    #[arg(long, default_value_t = 1000)]
+    sample_every: u64,
+    /// Checkpoint every N steps (also every 10 minutes and at the end).
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: u64,
+    /// Images in each preview grid.
+    #[arg(long, default_value_t = 64)]
+    preview_count: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Run folder written by `ddpm train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Seed of x_T and of every z.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output grid (PNG).
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Also write the denoising chain as an animated GIF.
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// `ddpm` (ancestral, Algorithm 2) or `ddim`.
+    #[arg(long, default_value = "ddpm")]
+    sampler: String,
+    /// DDIM: number of steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM: η (0 deterministic, 1 ≈ DDPM).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// DDIM: timestep spacing.
+    #[arg(long, value_enum, default_value_t = Spacing::Quadratic)]
+    spacing: Spacing,
+    /// σ_t² for ancestral sampling (default: the run's).
+    #[arg(long, value_enum)]
+    variance: Option<VarianceType>,
+    /// Clip x̂₀ to [−1, 1] at every step (`--clip false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    clip: bool,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// Images per network call.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Data set to take images from.
+    #[arg(long, default_value = "mnist5k")]
+    data: String,
+    /// Timesteps (paper's t, 1..T) to show; 0 shows x_0.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,50,100,200,400,600,800,1000"
+    )]
+    t: Vec<usize>,
+    /// Number of images (rows).
+    #[arg(long, default_value_t = 4)]
+    n: usize,
+    /// Output PNG strip.
+    #[arg(long, default_value = "forward.png")]
+    out: PathBuf,
+    /// Resize images to this side.
+    #[arg(long)]
+    image_size: Option<usize>,
+    #[command(flatten)]
+    diffusion: DiffusionArgs,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to put the run and the pictures.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Training time budget in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model preset.
+    #[arg(long, default_value = "small28")]
+    preset: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Timed iterations per measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+}
+
+fn pick_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" | "flex" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" | "gpu" => Ok(Device::wgpu(Default::default())),
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" | "gpu" => bail!(
+            "this binary was built without GPU support: rebuild with `cargo build --release --features wgpu`"
+        ),
+        other => bail!("unknown device `{other}` (cpu or wgpu)"),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
+    }
+    let device = pick_device(&cli.device)?;
+    match cli.command {
+        Command::Train(a) => cmd_train(a, &device),
+        Command::Sample(a) => cmd_sample(a, &device),
+        Command::Inspect(a) => cmd_inspect(a, &device),
+        Command::Demo(a) => cmd_demo(a, &device),
+        Command::Bench(a) => cmd_bench(a, &device),
+    }
+}
+
+fn model_config(a: &TrainArgs) -> Result<UNetConfig> {
+    let mut m = UNetConfig::preset(&a.preset)
+        .with_context(|| format!("unknown preset `{}` (small28, cifar10, tiny)", a.preset))?;
+    if let Some(s) = a.image_size {
+        if s != m.image_size && a.attention.is_none() {
+            // Keep attention at the same level of the network.
+            let lvl = m.level_sizes();
+            let levels: Vec<usize> = m
+                .attention_resolutions
+                .iter()
+                .filter_map(|r| lvl.iter().position(|x| x == r))
+                .collect();
+            m.image_size = s;
+            let lvl = m.level_sizes();
+            m.attention_resolutions = levels.iter().map(|&l| lvl[l]).collect();
+        }
+        m.image_size = s;
+    }
+    if let Some(c) = a.channels {
+        m.in_channels = c;
+    }
+    if let Some(c) = a.base_channels {
+        m.base_channels = c;
+    }
+    if let Some(c) = &a.channel_mult {
+        m.channel_mult = c.clone();
+    }
+    if let Some(r) = a.res_blocks {
+        m.num_res_blocks = r;
+    }
+    if let Some(r) = &a.attention {
+        m.attention_resolutions = r.clone();
+    }
+    if let Some(d) = a.dropout {
+        m.dropout = d;
+    }
+    if let Some(g) = a.groups {
+        m.norm_groups = g;
+    }
+    m.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+    Ok(m)
+}
+
+fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
+    let mut trainer = if let Some(run) = &a.resume {
+        let (steps, minutes) = (a.steps, a.minutes);
+        Trainer::resume(run, device, |tc| {
+            if steps.is_some() {
+                tc.max_steps = steps;
+            }
+            if minutes.is_some() {
+                tc.max_minutes = minutes;
+            }
+        })?
+    } else {
+        let run = a.run.clone().unwrap();
+        if a.steps.is_none() && a.minutes.is_none() {
+            bail!("give a budget: --steps N and/or --minutes M");
+        }
+        let mut model = model_config(&a)?;
+        // Match the data's channels when the user did not say otherwise.
+        if a.channels.is_none() {
+            let probe = data::open(&a.data, Split::Train, Some(model.image_size))?;
+            model.in_channels = probe.channels;
+        }
+        let config = RunConfig {
+            model,
+            diffusion: a.diffusion.config()?,
+            train: TrainConfig {
+                data: a.data.clone(),
+                batch_size: a.batch_size,
+                max_steps: a.steps,
+                max_minutes: a.minutes,
+                hflip: a.hflip,
+                seed: a.seed,
+                optim: ddpm::train::OptimConfig {
+                    lr: a.lr,
+                    warmup_steps: a.warmup,
+                    grad_clip: a.grad_clip,
+                    ema_decay: a.ema_decay,
+                    ..Default::default()
+                },
+                sample_every: a.sample_every,
+                checkpoint_every: a.checkpoint_every,
+                preview_count: a.preview_count,
+                ..Default::default()
+            },
+        };
+        Trainer::create(&run, config, device)?
+    };
+    trainer.progress = !a.quiet;
+    let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
+    println!(
+        "run {}: {} parameters, data {} ({} images {}×{}×{}), from step {}",
+        trainer.run.display(),
+        n_params,
+        trainer.config.train.data,
+        trainer.data.len(),
+        trainer.data.channels,
+        trainer.data.height,
+        trainer.data.width,
+        trainer.state.step
+    );
+    let s = trainer.train()?;
+    println!(
+        "done: step {}, loss {:.4}, {:.1} min of training\ncheckpoint: {}",
+        s.step,
+        s.loss,
+        s.wall_seconds / 60.0,
+        s.checkpoint.display()
+    );
+    if let Some(p) = s.preview {
+        println!("preview:    {}", p.display());
+    }
+    Ok(())
+}
+
+/// Samples `n` images in batches, optionally recording chain frames of the first batch.
+#[allow(clippy::too_many_arguments)]
+fn sample_images(
+    diffusion: &GaussianDiffusion,
+    sampler: &dyn Sampler,
+    model: &dyn EpsModel,
+    shape: [usize; 3],
+    n: usize,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+    mut chain: Option<&mut Vec<image::RgbImage>>,
+    show_progress: bool,
+) -> Tensor<4> {
+    let steps = sampler.timesteps().len();
+    let pb = indicatif::ProgressBar::new((steps * n.div_ceil(batch)) as u64);
+    if show_progress {
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} sample [{elapsed_precise} < {eta_precise}] {bar:30} {pos}/{len} steps",
+            )
+            .unwrap(),
+        );
+    } else {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut noise = NoiseSource::new(seed);
+    let mut outs = Vec::new();
+    let mut done = 0;
+    let every = (steps / 40).max(1);
+    while done < n {
+        let b = batch.min(n - done);
+        let first = done == 0;
+        let x = sample(
+            diffusion,
+            sampler,
+            model,
+            [b, shape[0], shape[1], shape[2]],
+            device,
+            &mut noise,
+            |k, out| {
+                pb.inc(1);
+                if first && (k % every == 0 || k + 1 == steps) {
+                    if let Some(frames) = chain.as_deref_mut() {
+                        let (px, dims) = ddpm::image::tensor_to_u8(out.prev.clone());
+                        let ncol = (dims[0] as f64).sqrt().ceil() as usize;
+                        let g = ddpm::image::grid(&px, dims, ncol);
+                        frames.push(ddpm::image::upscale(&g, ddpm::image::auto_zoom(&g)));
+                    }
+                }
+            },
+        );
+        outs.push(x);
+        done += b;
+    }
+    pb.finish_and_clear();
+    Tensor::cat(outs, 0)
+}
+
+fn build_sampler(
+    name: &str,
+    diffusion: &GaussianDiffusion,
+    steps: usize,
+    eta: f64,
+    spacing: Spacing,
+    clip: bool,
+) -> Result<Box<dyn Sampler>> {
+    Ok(match name {
+        "ddpm" | "ancestral" => Box::new(Ancestral::new(diffusion, clip)),
+        "ddim" => Box::new(Ddim::new(
+            timestep_subsequence(diffusion.num_timesteps(), steps, spacing),
+            eta,
+            clip,
+        )),
+        other => bail!("unknown sampler `{other}` (ddpm or ddim)"),
+    })
+}
+
+fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
+    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let mut dcfg = config.diffusion.clone();
+    if let Some(v) = a.variance {
+        dcfg.variance = v;
+    }
+    let diffusion = GaussianDiffusion::new(dcfg);
+    let sampler = build_sampler(&a.sampler, &diffusion, a.steps, a.eta, a.spacing, a.clip)?;
+    let m = &config.model;
+    println!(
+        "sampling {} images from {} (step {step}, {} weights) with {} ({} steps)",
+        a.n,
+        a.run.display(),
+        if a.raw { "raw" } else { "EMA" },
+        a.sampler,
+        sampler.timesteps().len()
+    );
+    let t0 = Instant::now();
+    let mut frames = Vec::new();
+    let x = sample_images(
+        &diffusion,
+        sampler.as_ref(),
+        &model,
+        [m.in_channels, m.image_size, m.image_size],
+        a.n,
+        a.batch_size,
+        a.seed,
+        device,
+        a.chain.is_some().then_some(&mut frames),
+        true,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    ddpm::image::save_grid(x, (a.n as f64).sqrt().ceil() as usize, &a.out)?;
+    println!(
+        "wrote {} ({:.1} s, {:.2} images/s)",
+        a.out.display(),
+        secs,
+        a.n as f64 / secs
+    );
+    if let Some(p) = &a.chain {
+        ddpm::image::save_gif(&frames, 80, p)?;
+        println!("wrote {} ({} frames)", p.display(), frames.len());
+    }
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
+    let dcfg = a.diffusion.config()?;
+    let diffusion = GaussianDiffusion::new(dcfg);
+    let s = &diffusion.schedule;
+    let t_max = s.num_timesteps;
+    let last = t_max - 1;
+    let ln2 = std::f64::consts::LN_2;
+    println!("schedule: {} with T = {t_max}", a.diffusion.schedule);
+    println!(
+        "  β_1 = {:.3e}, β_T = {:.3e}, Σβ = {:.4}",
+        s.betas[0],
+        s.betas[last],
+        s.betas.iter().sum::<f64>()
+    );
+    println!(
+        "  ᾱ_T = {:.4e}, √ᾱ_T = {:.4e}",
+        s.alphas_cumprod[last], s.sqrt_alphas_cumprod[last]
+    );
+    println!(
+        "  prior term L_T = KL(q(x_T|x_0) ‖ N(0,I)): {:.3e} bits/dim at x_0 = ±1, {:.3e} at x_0 = 0",
+        s.prior_kl_nats(1.0) / ln2,
+        s.prior_kl_nats(0.0) / ln2
+    );
+    println!("  √ᾱ_t (signal) and √(1−ᾱ_t) (noise) at the chosen t:");
+    for &t in &a.t {
+        if t == 0 {
+            continue;
+        }
+        if t > t_max {
+            bail!("t = {t} is beyond T = {t_max}");
+        }
+        println!(
+            "    t = {t:5}: signal {:.4}, noise {:.4}, SNR {:.3e}",
+            s.sqrt_alphas_cumprod[t - 1],
+            s.sqrt_one_minus_alphas_cumprod[t - 1],
+            s.alphas_cumprod[t - 1] / (1.0 - s.alphas_cumprod[t - 1])
+        );
+    }
+    let set = data::open(&a.data, Split::Train, a.image_size)?.take(a.n);
+    let (c, h, w) = (set.channels, set.height, set.width);
+    let x0: Vec<f32> = set.pixels.iter().map(|&v| data::to_unit(v)).collect();
+    let n = set.len();
+    let x0 = Tensor::<4>::from_data(TensorData::new(x0, [n, c, h, w]), device);
+    let mut noise = NoiseSource::new(a.seed);
+    let eps = noise.normal([n, c, h, w], device);
+    // Columns: one per t; rows: images. Built as an [n·len(t), c, h, w] batch in row order.
+    let mut cols = Vec::new();
+    for &t in &a.t {
+        cols.push(if t == 0 {
+            x0.clone()
+        } else {
+            diffusion.q_sample(x0.clone(), &vec![t - 1; n], eps.clone())
+        });
+    }
+    let k = cols.len();
+    let stacked = Tensor::stack::<5>(cols, 1).reshape([n * k, c, h, w]);
+    ddpm::image::save_grid(stacked, k, &a.out)?;
+    println!("wrote {} ({n} images × t = {:?})", a.out.display(), a.t);
+    Ok(())
+}
+
+fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
+    let run = a.out.join("run");
+    if run.exists() {
+        std::fs::remove_dir_all(&run).with_context(|| format!("clearing {}", run.display()))?;
+    }
+    let t0 = Instant::now();
+    let config = RunConfig {
+        model: UNetConfig::small28(),
+        diffusion: DiffusionConfig::default(),
+        train: TrainConfig {
+            data: "mnist5k".into(),
+            batch_size: 32,
+            max_minutes: Some(a.minutes),
+            seed: a.seed,
+            optim: ddpm::train::OptimConfig {
+                lr: 1e-3,
+                warmup_steps: 100,
+                ema_decay: 0.995,
+                ..Default::default()
+            },
+            sample_every: 0,
+            checkpoint_every: 500,
+            preview_count: 0,
+            ..Default::default()
+        },
+    };
+    println!(
+        "ddpm demo: training the small28 U-Net (1.6M parameters) on the built-in MNIST-5k digits for {} minutes…",
+        a.minutes
+    );
+    let mut trainer = Trainer::create(&run, config, device)?;
+    trainer.progress = true;
+    let s = trainer.train()?;
+    println!(
+        "trained {} steps in {:.1} min (loss {:.4})",
+        s.step,
+        s.wall_seconds / 60.0,
+        s.loss
+    );
+    let (config, model, _) = load_run_model(&run, device, true)?;
+    let diffusion = GaussianDiffusion::new(config.diffusion.clone());
+    let sampler = Ddim::new(
+        timestep_subsequence(1000, 50, Spacing::Quadratic),
+        0.0,
+        true,
+    );
+    let mut frames = Vec::new();
+    let x = sample_images(
+        &diffusion,
+        &sampler,
+        &model,
+        [1, 28, 28],
+        64,
+        64,
+        a.seed,
+        device,
+        Some(&mut frames),
+        true,
+    );
+    let grid = a.out.join("samples.png");
+    let gif = a.out.join("denoising.gif");
+    ddpm::image::save_grid(x, 8, &grid)?;
+    ddpm::image::save_gif(&frames, 80, &gif)?;
+    println!(
+        "\nsample grid:    {}\ndenoising GIF:  {}\nrun folder:     {}",
+        grid.display(),
+        gif.display(),
+        run.display()
+    );
+    println!(
+        "total wall time {:.1} min",
+        t0.elapsed().as_secs_f64() / 60.0
+    );
+    println!(
+        "more: ddpm sample --run {} --n 64 --out more.png --chain chain.gif",
+        run.display()
+    );
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
+    let m =
+        UNetConfig::preset(&a.preset).with_context(|| format!("unknown preset `{}`", a.preset))?;
+    let threads = rayon::current_num_threads();
+    let n_params = ddpm::params::count(&m.init(device));
+    println!(
+        "bench: preset {} ({} params, {}×{}×{}), batch {}, {} threads, device {:?}",
+        a.preset,
+        n_params,
+        m.in_channels,
+        m.image_size,
+        m.image_size,
+        a.batch_size,
+        threads,
+        device
+    );
+    let diffusion = GaussianDiffusion::new(DiffusionConfig::default());
+    let shape = [a.batch_size, m.in_channels, m.image_size, m.image_size];
+    // Training step: forward + backward + fused optimiser, as in `ddpm train`.
+    let ad = device.clone().autodiff();
+    let model = m.init(&ad);
+    let mut state = ddpm::train::optim::TrainState::new(
+        ddpm::params::collect(&model)
+            .into_iter()
+            .map(|p| p.values)
+            .collect(),
+    );
+    let ocfg = ddpm::train::OptimConfig::default();
+    let mut noise = NoiseSource::new(0);
+    let mut model = model;
+    let mut train_step = |model: ddpm::model::UNet| -> ddpm::model::UNet {
+        let x0 = noise.normal(shape, &ad).clamp(-1.0, 1.0);
+        let eps = noise.normal(shape, &ad);
+        let t: Vec<usize> = (0..a.batch_size).map(|i| (i * 997) % 1000).collect();
+        let xt = diffusion.q_sample(x0, &t, eps.clone());
+        let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
+        let loss = diffusion.training_loss(eps, model.forward(xt, &tf, true), &t);
+        let grads = loss.backward();
+        let gs = ddpm::train::trainer::collect_grads(&model, &grads);
+        state.update(&gs, &ocfg);
+        ddpm::params::assign(model, &state.params, true)
+    };
+    model = train_step(model);
+    let t0 = Instant::now();
+    for _ in 0..a.iters {
+        model = train_step(model);
+    }
+    let train_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
+    // Sampling: one network call per image per step, no autodiff.
+    let inf = m.init(device);
+    let x = noise.normal(shape, device);
+    let t: Vec<usize> = vec![500; a.batch_size];
+    let _ = inf.predict_eps(x.clone(), &t).into_data();
+    let t0 = Instant::now();
+    for _ in 0..a.iters {
+        let _ = inf.predict_eps(x.clone(), &t).into_data();
+    }
+    let fwd_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
+    println!("training:  {train_ips:8.1} images/s (forward + backward + Adam/EMA)");
+    println!("sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass)");
+    println!(
+        "           = {:.3} images/s for 1000-step DDPM, {:.2} images/s for 50-step DDIM",
+        fwd_ips / 1000.0,
+        fwd_ips / 50.0
+    );
+    Ok(())
+}

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, GenericImageView, ImageReader, RgbImage, imageops::FilterType};
+use image::{DynamicImage, ImageReader, RgbImage, imageops::FilterType};
 
 use super::{DataError, ImageSet};
 

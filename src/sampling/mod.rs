@@ -5,8 +5,10 @@
 //! seeded by the caller, so the same seed gives the same samples bit for bit on the CPU.
 
 pub mod ancestral;
+pub mod ddim;
 
 pub use ancestral::Ancestral;
+pub use ddim::{Ddim, Spacing, timestep_subsequence};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
