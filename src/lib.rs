@@ -1,7 +1,35 @@
 //! # ddpm — denoising diffusion probabilistic models on burn
 //!
 //! Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM) and Dhariwal & Nichol 2021 (classifier
-//! guidance), with the mathematics kept free of I/O so it can be checked against exact values.
+//! guidance), with the mathematics ([`schedule`], [`diffusion`], [`likelihood`], [`sampling`])
+//! kept free of I/O so it can be checked against exact values, and the CLI a thin layer over
+//! these calls.
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
+//! use ddpm::model::UNetConfig;
+//! use ddpm::sampling::{Ddim, NoiseSource, Spacing, sample, timestep_subsequence};
+//! use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+//!
+//! let device = Device::flex();
+//! // Train a tiny model on the built-in MNIST-5k digits for 200 steps (Algorithm 1).
+//! let config = RunConfig {
+//!     model: UNetConfig::tiny(28, 1),
+//!     diffusion: DiffusionConfig::default(),
+//!     train: TrainConfig { max_steps: Some(200), ..Default::default() },
+//! };
+//! let run = std::path::Path::new("runs/tiny");
+//! Trainer::create(run, config, &device)?.train()?;
+//! // Sample 16 digits with 50 DDIM steps from the EMA weights and save a grid.
+//! let (config, model, _step) = load_run_model(run, &device, true)?;
+//! let diffusion = GaussianDiffusion::new(config.diffusion);
+//! let sampler = Ddim::new(timestep_subsequence(1000, 50, Spacing::Quadratic), 0.0, true);
+//! let mut noise = NoiseSource::new(0);
+//! let x = sample(&diffusion, &sampler, &model, [16, 1, 28, 28], &device, &mut noise, |_, _| {});
+//! ddpm::image::save_grid(x, 4, "runs/tiny/grid.png".as_ref())?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 pub mod data;
 pub mod diffusion;
@@ -17,3 +45,23 @@ pub mod train;
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+/// Tunes the system allocator for tensor workloads; call once at start-up.
+///
+/// A training step allocates and frees many multi-megabyte buffers. glibc serves those with
+/// fresh `mmap`s and returns them on `free`, so every step pays for the kernel zeroing new pages
+/// (19% of a training step in a profile of `ddpm bench`). Keeping freed memory in the heap
+/// removes that cost (BENCHMARKS.md has the before/after).
+/// Setting `DDPM_DEFAULT_MALLOC=1` skips it (for before/after measurements).
+pub fn tune_allocator() {
+    if std::env::var_os("DDPM_DEFAULT_MALLOC").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}

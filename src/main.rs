@@ -277,6 +277,7 @@ fn pick_device(name: &str) -> Result<Device> {
 }
 
 fn main() {
+    ddpm::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -580,10 +581,17 @@ fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
             s.alphas_cumprod[t - 1] / (1.0 - s.alphas_cumprod[t - 1])
         );
     }
-    let set = data::open(&a.data, Split::Train, a.image_size)?.take(a.n);
+    let set = data::open(&a.data, Split::Train, a.image_size)?;
     let (c, h, w) = (set.channels, set.height, set.width);
-    let x0: Vec<f32> = set.pixels.iter().map(|&v| data::to_unit(v)).collect();
-    let n = set.len();
+    // Evenly spaced images, so sorted data sets (e.g. by class) show variety.
+    let n = a.n.clamp(1, set.len());
+    let x0: Vec<f32> = (0..n)
+        .flat_map(|k| {
+            set.image(k * set.len() / n)
+                .iter()
+                .map(|&v| data::to_unit(v))
+        })
+        .collect();
     let x0 = Tensor::<4>::from_data(TensorData::new(x0, [n, c, h, w]), device);
     let mut noise = NoiseSource::new(a.seed);
     let eps = noise.normal([n, c, h, w], device);
@@ -748,5 +756,16 @@ fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
         fwd_ips / 1000.0,
         fwd_ips / 50.0
     );
+    if let Some(mb) = peak_rss_mib() {
+        println!("peak RSS:  {mb:8.0} MiB");
+    }
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux), MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
