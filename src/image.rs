@@ -96,3 +96,83 @@ pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A minimal line plot (no text): `values` against their index, y on a log scale when
+/// `log_y`, light grid lines at every decade (log) or at quarters (linear).
+pub fn line_plot(values: &[f64], log_y: bool, width: u32, height: u32, path: &Path) -> Result<()> {
+    let mut img = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let (ml, mr, mt, mb) = (40i64, 10i64, 10i64, 30i64);
+    let pw = width as i64 - ml - mr;
+    let ph = height as i64 - mt - mb;
+    let f = |v: f64| if log_y { v.max(1e-300).log10() } else { v };
+    let ys: Vec<f64> = values
+        .iter()
+        .map(|&v| f(v))
+        .filter(|v| v.is_finite())
+        .collect();
+    if ys.is_empty() || pw <= 0 || ph <= 0 {
+        return img
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()));
+    }
+    let (mut lo, mut hi) = ys
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+    if log_y {
+        lo = lo.floor();
+        hi = hi.ceil();
+    }
+    if hi - lo < 1e-12 {
+        hi = lo + 1.0;
+    }
+    let to_px = |i: usize, y: f64| -> (i64, i64) {
+        let x = ml + (i as f64 / (values.len().max(2) - 1) as f64 * pw as f64) as i64;
+        let yy = mt + ph - ((y - lo) / (hi - lo) * ph as f64) as i64;
+        (x, yy)
+    };
+    let grey = image::Rgb([220, 220, 220]);
+    let put = |img: &mut RgbImage, x: i64, y: i64, c: image::Rgb<u8>| {
+        if x >= 0 && y >= 0 && (x as u32) < width && (y as u32) < height {
+            img.put_pixel(x as u32, y as u32, c);
+        }
+    };
+    let ticks: Vec<f64> = if log_y {
+        (lo as i64..=hi as i64).map(|d| d as f64).collect()
+    } else {
+        (0..=4).map(|k| lo + (hi - lo) * k as f64 / 4.0).collect()
+    };
+    for t in ticks {
+        let (_, y) = to_px(0, t);
+        for x in ml..ml + pw {
+            put(&mut img, x, y, grey);
+        }
+    }
+    for y in mt..=mt + ph {
+        put(&mut img, ml, y, image::Rgb([0, 0, 0]));
+    }
+    for x in ml..=ml + pw {
+        put(&mut img, x, mt + ph, image::Rgb([0, 0, 0]));
+    }
+    let blue = image::Rgb([30, 90, 200]);
+    let mut prev: Option<(i64, i64)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        let y = f(v);
+        if !y.is_finite() {
+            prev = None;
+            continue;
+        }
+        let p = to_px(i, y);
+        if let Some(q) = prev {
+            let n = (p.0 - q.0).abs().max((p.1 - q.1).abs()).max(1);
+            for k in 0..=n {
+                let x = q.0 + (p.0 - q.0) * k / n;
+                let yy = q.1 + (p.1 - q.1) * k / n;
+                put(&mut img, x, yy, blue);
+                put(&mut img, x, yy + 1, blue);
+            }
+        }
+        prev = Some(p);
+    }
+    img.save(path)
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -49,6 +49,43 @@ enum Command {
     Demo(DemoArgs),
     /// Measure training and sampling speed (images/s) of a preset.
     Bench(BenchArgs),
+    /// Evaluate a run as the papers do.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// The variational bound on the negative log-likelihood, in bits/dim (all T terms).
+    Nll(NllArgs),
+}
+
+#[derive(Args)]
+struct NllArgs {
+    /// Run folder written by `ddpm train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Data set (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// Split.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    split: Split,
+    /// Number of images (evenly spaced through the split). Each costs T network calls.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// (image, t) pairs per network call.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Seed of the noise in each x_t.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// Output folder for nll_terms.csv and nll_terms.png (default: RUN/eval).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -299,6 +336,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => cmd_inspect(a, &device),
         Command::Demo(a) => cmd_demo(a, &device),
         Command::Bench(a) => cmd_bench(a, &device),
+        Command::Eval(EvalCommand::Nll(a)) => cmd_eval_nll(a, &device),
     }
 }
 
@@ -768,4 +806,111 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
+    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let diffusion = GaussianDiffusion::new(config.diffusion.clone());
+    let m = &config.model;
+    let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
+    let set = data::open(&spec, a.split, Some(m.image_size))?;
+    if set.channels != m.in_channels {
+        bail!(
+            "data `{spec}` has {} channels, the model {}",
+            set.channels,
+            m.in_channels
+        );
+    }
+    let n = a.n.clamp(1, set.len());
+    let x0: Vec<f32> = (0..n)
+        .flat_map(|k| {
+            set.image(k * set.len() / n)
+                .iter()
+                .map(|&v| data::to_unit(v))
+        })
+        .collect();
+    let t_max = diffusion.num_timesteps();
+    println!(
+        "NLL bound of {} (step {step}, {} weights, σ² = {:?}) on {n} {:?} images of `{spec}`: {} network evaluations",
+        a.run.display(),
+        if a.raw { "raw" } else { "EMA" },
+        config.diffusion.variance,
+        a.split,
+        n * t_max
+    );
+    let pb = indicatif::ProgressBar::new((n * t_max) as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} nll [{elapsed_precise} < {eta_precise}] {bar:30} {pos}/{len} (image, t) pairs").unwrap(),
+    );
+    let t0 = Instant::now();
+    let mut noise = NoiseSource::new(a.seed);
+    let terms = ddpm::likelihood::calc_bpd(
+        &diffusion,
+        &model,
+        &x0,
+        [m.in_channels, m.image_size, m.image_size],
+        a.batch_size,
+        &mut noise,
+        device,
+        |done, _| pb.set_position(done as u64),
+    );
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let stats = |v: Vec<f64>| {
+        let k = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / k;
+        let se = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt() / k.sqrt()
+        } else {
+            f64::NAN
+        };
+        (mean, se)
+    };
+    let (total, total_se) = stats(terms.iter().map(|t| t.total()).collect());
+    let (prior, _) = stats(terms.iter().map(|t| t.prior).collect());
+    let (l0, _) = stats(terms.iter().map(|t| t.terms[0]).collect());
+    let (mid, _) = stats(terms.iter().map(|t| t.terms[1..].iter().sum()).collect());
+    println!(
+        "NLL ≤ {total:.4} ± {total_se:.4} bits/dim (mean ± standard error over {n} images, {secs:.0} s)"
+    );
+    println!("  prior L_T            {prior:.3e}");
+    println!("  Σ L_(t−1), t=2..T    {mid:.4}");
+    println!("  decoder L_0          {l0:.4}");
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
+    std::fs::create_dir_all(&out)?;
+    let per_t: Vec<f64> = (0..t_max)
+        .map(|t| terms.iter().map(|x| x.terms[t]).sum::<f64>() / n as f64)
+        .collect();
+    let mut csv = String::from("t,bits_per_dim\n");
+    for (i, v) in per_t.iter().enumerate() {
+        csv.push_str(&format!("{},{v:.6e}\n", i + 1));
+    }
+    std::fs::write(out.join("nll_terms.csv"), csv)?;
+    ddpm::image::line_plot(&per_t, true, 800, 400, &out.join("nll_terms.png"))?;
+    println!(
+        "wrote {} and {} (L_t against t = 1..{t_max}, log y)",
+        out.join("nll_terms.csv").display(),
+        out.join("nll_terms.png").display()
+    );
+    update_metrics(
+        &a.run,
+        "nll",
+        serde_json::json!({
+            "bits_per_dim": total, "standard_error": total_se, "prior": prior, "decoder_l0": l0,
+            "sum_kl": mid, "n": n, "split": format!("{:?}", a.split).to_lowercase(), "data": spec,
+            "step": step, "ema": !a.raw, "seconds": secs,
+        }),
+    )?;
+    Ok(())
+}
+
+/// Merges `value` under `key` into RUN/metrics.json.
+fn update_metrics(run: &std::path::Path, key: &str, value: serde_json::Value) -> Result<()> {
+    let path = run.join("metrics.json");
+    let mut all: serde_json::Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    all[key] = value;
+    ddpm::tensorfile::write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())
 }
