@@ -35,6 +35,7 @@ pub mod data;
 pub mod diffusion;
 pub mod image;
 pub mod likelihood;
+pub mod metrics;
 pub mod model;
 pub mod oracle;
 pub mod params;

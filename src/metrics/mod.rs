@@ -1,0 +1,4 @@
+//! Evaluation as in the papers: FID with the TF-2015 Inception network, precision/recall.
+
+pub mod fid;
+pub mod inception;
