@@ -52,12 +52,81 @@ enum Command {
     /// Evaluate a run as the papers do.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// FID (and precision/recall) between any two of: image folders, data sets, stats files.
+    Fid(FidArgs),
+}
+
+#[derive(Args, Clone)]
+struct FidNetArgs {
+    /// The FID Inception weights (default: $DDPM_INCEPTION, ~/.cache/ddpm/, ../shared/data/).
+    #[arg(long)]
+    inception: Option<PathBuf>,
+    /// Images per Inception call.
+    #[arg(long, default_value_t = 32)]
+    fid_batch: usize,
+}
+
+#[derive(Args)]
+struct FidArgs {
+    /// First set: a stats file (*.stats), a data set (`fashion-mnist@test`, `mnist5k`, a folder).
+    a: String,
+    /// Second set, same forms.
+    b: String,
+    /// Use at most this many images of each data set (evenly spaced).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Save the statistics of the second set to this stats file.
+    #[arg(long)]
+    save_stats: Option<PathBuf>,
+    #[command(flatten)]
+    net: FidNetArgs,
 }
 
 #[derive(Subcommand)]
 enum EvalCommand {
     /// The variational bound on the negative log-likelihood, in bits/dim (all T terms).
     Nll(NllArgs),
+    /// FID, precision and recall of N samples against a data split (TF-2015 Inception).
+    Fid(EvalFidArgs),
+}
+
+#[derive(Args)]
+struct EvalFidArgs {
+    /// Run folder written by `ddpm train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Reference data set (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// Split of the reference data.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    split: Split,
+    /// Number of generated images (and at most this many reference images).
+    #[arg(long, default_value_t = 10000)]
+    n: usize,
+    /// Sampler: `ddim` or `ddpm`.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// DDIM spacing.
+    #[arg(long, value_enum, default_value_t = Spacing::Quadratic)]
+    spacing: Spacing,
+    /// Clip x̂₀ (`--clip false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    clip: bool,
+    /// Seed of the samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per sampling batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[command(flatten)]
+    net: FidNetArgs,
 }
 
 #[derive(Args)]
@@ -337,6 +406,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => cmd_demo(a, &device),
         Command::Bench(a) => cmd_bench(a, &device),
         Command::Eval(EvalCommand::Nll(a)) => cmd_eval_nll(a, &device),
+        Command::Eval(EvalCommand::Fid(a)) => cmd_eval_fid(a, &device),
+        Command::Fid(a) => cmd_fid(a, &device),
     }
 }
 
@@ -913,4 +984,258 @@ fn update_metrics(run: &std::path::Path, key: &str, value: serde_json::Value) ->
         .unwrap_or_else(|| serde_json::json!({}));
     all[key] = value;
     ddpm::tensorfile::write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())
+}
+
+use ddpm::metrics::fid::{
+    FEATURE_DIM, FeatureStats, extract_features, frechet_distance, precision_recall,
+};
+use ddpm::metrics::inception::{FidInception, locate_weights};
+
+/// One side of an FID comparison.
+enum FidSet {
+    Stats(FeatureStats),
+    Features(Vec<f32>),
+}
+
+fn fid_progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{elapsed_precise}} < {{eta_precise}}] {{bar:30}} {{pos}}/{{len}} images"
+        ))
+        .unwrap(),
+    );
+    pb
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ddpm")
+}
+
+/// Features of (up to) `n` evenly spaced images of a data set, cached on disk.
+fn dataset_features(
+    spec: &str,
+    split: Split,
+    n: Option<usize>,
+    net: &FidInception,
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let set = data::open(spec, split, None)?;
+    let n = n.unwrap_or(set.len()).clamp(1, set.len());
+    let key: String = format!("{spec}-{split:?}-{n}-of-{}", set.len())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cache = cache_dir()
+        .join("fid-features")
+        .join(format!("{key}.safetensors"));
+    if let Ok(t) = ddpm::tensorfile::read_f32_tensors(&cache) {
+        if let Some((_, s, v)) = t.into_iter().find(|(k, _, _)| k == "features") {
+            if s == vec![n, FEATURE_DIM] {
+                println!(
+                    "{spec} ({split:?}, {n} images): cached features {}",
+                    cache.display()
+                );
+                return Ok(v);
+            }
+        }
+    }
+    let pixels: Vec<u8> = (0..n)
+        .flat_map(|k| set.image(k * set.len() / n).to_vec())
+        .collect();
+    let pb = fid_progress(n, &format!("features of {spec}"));
+    let f = extract_features(
+        net,
+        &pixels,
+        set.channels,
+        set.height,
+        set.width,
+        batch,
+        device,
+        |d| pb.set_position(d as u64),
+    );
+    pb.finish_and_clear();
+    std::fs::create_dir_all(cache.parent().unwrap())?;
+    let bytes = ddpm::tensorfile::f32_tensors_to_bytes(
+        &[("features".to_string(), vec![n, FEATURE_DIM], &f)],
+        None,
+    )?;
+    ddpm::tensorfile::write_atomic(&cache, &bytes)?;
+    Ok(f)
+}
+
+fn open_fid_set(
+    spec: &str,
+    n: Option<usize>,
+    net: &mut Option<FidInception>,
+    args: &FidNetArgs,
+    device: &Device,
+) -> Result<FidSet> {
+    let path = std::path::Path::new(spec);
+    if path.is_file() {
+        return Ok(FidSet::Stats(FeatureStats::load(path)?));
+    }
+    let (name, split) = match spec.rsplit_once('@') {
+        Some((n, "train")) => (n, Split::Train),
+        Some((n, "test")) => (n, Split::Test),
+        Some((_, other)) => bail!("`{spec}`: unknown split `{other}` (train or test)"),
+        None => (spec, Split::Train),
+    };
+    if net.is_none() {
+        *net = Some(FidInception::load(
+            &locate_weights(args.inception.as_deref())?,
+            device,
+        )?);
+    }
+    let f = dataset_features(
+        name,
+        split,
+        n,
+        net.as_ref().unwrap(),
+        args.fid_batch,
+        device,
+    )?;
+    Ok(FidSet::Features(f))
+}
+
+fn stats_of(set: &FidSet) -> FeatureStats {
+    match set {
+        FidSet::Stats(s) => s.clone(),
+        FidSet::Features(f) => FeatureStats::from_features(f, FEATURE_DIM),
+    }
+}
+
+fn cmd_fid(a: FidArgs, device: &Device) -> Result<()> {
+    let mut net = None;
+    let t0 = Instant::now();
+    let sa = open_fid_set(&a.a, a.n, &mut net, &a.net, device)?;
+    let sb = open_fid_set(&a.b, a.n, &mut net, &a.net, device)?;
+    let (st_a, st_b) = (stats_of(&sa), stats_of(&sb));
+    if let Some(p) = &a.save_stats {
+        st_b.save(p)?;
+        println!("saved statistics of {} to {}", a.b, p.display());
+    }
+    let fid = frechet_distance(&st_a, &st_b)?;
+    println!(
+        "FID({}, {}) = {fid:.4}  (n = {} vs {})",
+        a.a, a.b, st_a.n, st_b.n
+    );
+    if let (FidSet::Features(fa), FidSet::Features(fb)) = (&sa, &sb) {
+        let (p, r) = precision_recall(fa, fb, FEATURE_DIM, 3);
+        println!(
+            "precision {p:.4}, recall {r:.4} (k = 3; {} as the real set)",
+            a.a
+        );
+    }
+    println!("{:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
+    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let diffusion = GaussianDiffusion::new(config.diffusion.clone());
+    let sampler = build_sampler(&a.sampler, &diffusion, a.steps, a.eta, a.spacing, a.clip)?;
+    let m = &config.model;
+    let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
+    let net = FidInception::load(&locate_weights(a.net.inception.as_deref())?, device)?;
+    let real = dataset_features(&spec, a.split, Some(a.n), &net, a.net.fid_batch, device)?;
+    println!(
+        "FID of {} (step {step}, EMA) with {} ({} steps): {} samples against {} {:?} images of `{spec}`",
+        a.run.display(),
+        a.sampler,
+        sampler.timesteps().len(),
+        a.n,
+        real.len() / FEATURE_DIM,
+        a.split
+    );
+    let t0 = Instant::now();
+    let mut noise = NoiseSource::new(a.seed);
+    let mut fake = Vec::with_capacity(a.n * FEATURE_DIM);
+    let pb = fid_progress(a.n, "sample + features");
+    let mut done = 0;
+    let mut first: Option<Tensor<4>> = None;
+    let (mut t_sample, mut t_feat) = (0.0, 0.0);
+    while done < a.n {
+        let b = a.batch_size.min(a.n - done);
+        let ts = Instant::now();
+        let x = sample(
+            &diffusion,
+            sampler.as_ref(),
+            &model,
+            [b, m.in_channels, m.image_size, m.image_size],
+            device,
+            &mut noise,
+            |_, _| {},
+        );
+        t_sample += ts.elapsed().as_secs_f64();
+        if first.is_none() {
+            first = Some(x.clone().slice([0..b.min(64)]));
+        }
+        let (px, dims) = ddpm::image::tensor_to_u8(x);
+        let tf = Instant::now();
+        fake.extend(extract_features(
+            &net,
+            &px,
+            dims[1],
+            dims[2],
+            dims[3],
+            a.net.fid_batch,
+            device,
+            |_| {},
+        ));
+        t_feat += tf.elapsed().as_secs_f64();
+        done += b;
+        pb.set_position(done as u64);
+    }
+    pb.finish_and_clear();
+    let fid = frechet_distance(
+        &FeatureStats::from_features(&real, FEATURE_DIM),
+        &FeatureStats::from_features(&fake, FEATURE_DIM),
+    )?;
+    let (precision, recall) = precision_recall(&real, &fake, FEATURE_DIM, 3);
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "FID {fid:.3}, precision {precision:.4}, recall {recall:.4}  ({:.0} s: sampling {t_sample:.0} s, Inception {t_feat:.0} s)",
+        secs
+    );
+    let out = a.run.join("eval");
+    std::fs::create_dir_all(&out)?;
+    if let Some(x) = first {
+        let k = x.dims()[0];
+        ddpm::image::save_grid(
+            x,
+            (k as f64).sqrt().ceil() as usize,
+            &out.join("fid-samples.png"),
+        )?;
+    }
+    update_metrics(
+        &a.run,
+        &format!(
+            "fid_{}{}",
+            a.sampler,
+            if a.sampler == "ddim" {
+                format!("{}", a.steps)
+            } else {
+                String::new()
+            }
+        ),
+        serde_json::json!({
+            "fid": fid, "precision": precision, "recall": recall, "n": a.n, "reference": spec,
+            "split": format!("{:?}", a.split).to_lowercase(), "sampler": a.sampler, "steps": sampler.timesteps().len(),
+            "eta": a.eta, "step": step, "seconds": secs, "sampling_seconds": t_sample, "inception_seconds": t_feat,
+        }),
+    )?;
+    println!("wrote {}", a.run.join("metrics.json").display());
+    Ok(())
 }

@@ -256,3 +256,40 @@ pub fn precision_recall(real: &[f32], fake: &[f32], d: usize, k: usize) -> (f64,
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
+
+/// Runs the protocol over N CHW uint8 images in batches: preprocessing, the network, features.
+/// `on_batch(done)` reports progress.
+pub fn extract_features(
+    net: &super::inception::FidInception,
+    pixels: &[u8],
+    c: usize,
+    h: usize,
+    w: usize,
+    batch: usize,
+    device: &burn::tensor::Device,
+    mut on_batch: impl FnMut(usize),
+) -> Vec<f32> {
+    use burn::tensor::{Tensor, TensorData};
+    let per = c * h * w;
+    let n = pixels.len() / per;
+    let mut out = Vec::with_capacity(n * FEATURE_DIM);
+    let mut done = 0;
+    while done < n {
+        let b = batch.max(1).min(n - done);
+        let x = preprocess(&pixels[done * per..(done + b) * per], b, c, h, w);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(x, [b, 3, INCEPTION_SIZE, INCEPTION_SIZE]),
+            device,
+        );
+        let f: Vec<f32> = net
+            .forward(x)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .expect("f32");
+        out.extend(f);
+        done += b;
+        on_batch(done);
+    }
+    out
+}

