@@ -205,3 +205,127 @@ fn same_seed_gives_identical_unet_samples() {
         assert_ne!(run(9), run(10));
     }
 }
+
+#[test]
+fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
+    use ddpm::sampling::{Ddim, Spacing, timestep_subsequence};
+    // theory.md §8: m = 0.3, s = 0.5, η = 0, timesteps round(linspace(T−1, 0, n)):
+    // std 0.362, 0.430, 0.472, 0.488 for n = 10, 20, 50, 100.
+    let device = Device::flex();
+    let d = GaussianDiffusion::new(DiffusionConfig::default());
+    let oracle = GaussianOracle::new(&d, 0.3, 0.5);
+    let n = 100_000;
+    let mut errors = Vec::new();
+    for (steps, paper_std) in [(10usize, 0.362), (20, 0.430), (50, 0.472), (100, 0.488)] {
+        let ts = timestep_subsequence(1000, steps, Spacing::Linear);
+        assert_eq!(ts.len(), steps);
+        assert_eq!((ts[0], *ts.last().unwrap()), (999, 0));
+        let sampler = Ddim::new(ts, 0.0, false);
+        let mut noise = NoiseSource::new(11);
+        let x = sample(
+            &d,
+            &sampler,
+            &oracle,
+            [n, 1, 1, 1],
+            &device,
+            &mut noise,
+            |_, _| {},
+        );
+        let (m, s) = moments(x);
+        println!("DDIM {steps:3} steps: mean {m:.4} std {s:.4} (theory.md {paper_std})");
+        assert!((m - 0.3).abs() < 0.006, "mean {m}");
+        assert!(
+            (s - paper_std).abs() < 0.004,
+            "{steps} steps: std {s} vs {paper_std}"
+        );
+        errors.push((s - 0.5).abs());
+    }
+    assert!(
+        errors.windows(2).all(|w| w[1] < w[0]),
+        "error must fall as steps grow: {errors:?}"
+    );
+}
+
+#[test]
+fn ddim_with_eta_one_on_all_steps_is_ddpm_with_beta_tilde() {
+    use ddpm::sampling::Ddim;
+    let device = Device::flex();
+    let d = GaussianDiffusion::new(DiffusionConfig {
+        variance: VarianceType::Small,
+        ..Default::default()
+    });
+    let oracle = GaussianOracle::new(&d, -0.2, 0.4);
+    let ddim = Ddim::new((0..1000).rev().collect(), 1.0, false);
+    let ddpm = Ancestral::new(&d, false);
+    // Same seed ⇒ the same x_T and the same z at every step.
+    let run = |s: &dyn ddpm::sampling::Sampler| {
+        let mut noise = NoiseSource::new(4);
+        let x = sample(
+            &d,
+            s,
+            &oracle,
+            [2000, 1, 1, 1],
+            &device,
+            &mut noise,
+            |_, _| {},
+        );
+        x.into_data().try_into_vec::<f32>().unwrap()
+    };
+    let (a, b) = (run(&ddim), run(&ddpm));
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    println!("max |DDIM(η=1) − DDPM(β̃)| = {max:.2e}");
+    assert!(max < 1e-3, "{max}");
+}
+
+#[test]
+fn ddim_encode_then_decode_returns_the_data_points() {
+    use burn::tensor::TensorData;
+    use ddpm::sampling::{Ddim, Spacing, ddim_encode, sample_loop, timestep_subsequence};
+    let device = Device::flex();
+    let d = GaussianDiffusion::new(DiffusionConfig::default());
+    // Eight points in 3-D: decoding the wrong latent would land on another point.
+    let points: Vec<Vec<f64>> = (0..8)
+        .map(|i| {
+            (0..3)
+                .map(|j| (((i * 5 + j * 3) % 8) as f64 / 3.5 - 1.0) * 0.9)
+                .collect()
+        })
+        .collect();
+    let oracle = FiniteSetOracle::new(&d, points.clone());
+    let ts = timestep_subsequence(1000, 200, Spacing::Linear);
+    let x0: Vec<f32> = points.iter().flatten().map(|&v| v as f32).collect();
+    let x0 = Tensor::<4>::from_data(TensorData::new(x0.clone(), [8, 3, 1, 1]), &device);
+    let latent = ddim_encode(&d, &oracle, x0.clone(), &ts, |_| {});
+    // The latents look like noise (unit scale), not like the data.
+    let lv: Vec<f32> = latent.clone().into_data().try_into_vec().unwrap();
+    let rms = (lv.iter().map(|x| x * x).sum::<f32>() / lv.len() as f32).sqrt();
+    assert!(rms > 0.3 && rms < 3.0, "latent rms {rms}");
+    let x0v: Vec<f32> = x0.clone().into_data().try_into_vec().unwrap();
+    let moved = lv
+        .iter()
+        .zip(&x0v)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 0.3,
+        "the latent is barely different from the data ({moved})"
+    );
+    let sampler = Ddim::new(ts, 0.0, false);
+    let mut noise = NoiseSource::new(0);
+    let back = sample_loop(&d, &sampler, &oracle, latent, &mut noise, |_, _| {});
+    let (bv, xv): (Vec<f32>, Vec<f32>) = (
+        back.into_data().try_into_vec().unwrap(),
+        x0.into_data().try_into_vec().unwrap(),
+    );
+    let err = bv
+        .iter()
+        .zip(&xv)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("encode→decode max error {err:.2e} (latent rms {rms:.2})");
+    assert!(err < 1e-2, "{err}");
+}

@@ -105,3 +105,55 @@ impl Sampler for Ddim {
         StepOutput { prev, pred_x0: x0 }
     }
 }
+
+/// Deterministic DDIM inversion (η = 0 run forward, Song et al. 2021 §4.3): maps data x_0 to
+/// the latent x_T that [`Ddim`] with η = 0 on the same `timesteps` decodes back to x_0.
+/// Each step evaluates ε_θ at the next (noisier) timestep, as diffusers' `DDIMInverseScheduler`.
+pub fn ddim_encode(
+    diffusion: &GaussianDiffusion,
+    model: &dyn crate::diffusion::EpsModel,
+    x0: Tensor<4>,
+    timesteps: &[usize],
+    mut on_step: impl FnMut(usize),
+) -> Tensor<4> {
+    let ac = &diffusion.schedule.alphas_cumprod;
+    let batch = x0.dims()[0];
+    let mut up: Vec<usize> = timesteps.to_vec();
+    up.sort_unstable();
+    up.dedup();
+    let mut x = x0;
+    let mut a_cur = 1.0f64;
+    for (k, &t) in up.iter().enumerate() {
+        let eps = model.predict_eps(x.clone(), &vec![t; batch]);
+        let x0_hat = (x - eps.clone().mul_scalar((1.0 - a_cur).sqrt())).div_scalar(a_cur.sqrt());
+        let a_next = ac[t];
+        x = x0_hat.mul_scalar(a_next.sqrt()) + eps.mul_scalar((1.0 - a_next).sqrt());
+        a_cur = a_next;
+        on_step(k);
+    }
+    x
+}
+
+/// Spherical interpolation between two latents (Shoemake 1985), treating each sample as one
+/// vector: keeps the norm statistics of Gaussian latents, unlike linear interpolation.
+pub fn slerp(a: &[f32], b: &[f32], frac: f64) -> Vec<f32> {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let theta = (dot / (na * nb)).clamp(-1.0, 1.0).acos();
+    if theta.abs() < 1e-6 {
+        return a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 * (1.0 - frac) + *y as f64 * frac) as f32)
+            .collect();
+    }
+    let (wa, wb) = (
+        ((1.0 - frac) * theta).sin() / theta.sin(),
+        (frac * theta).sin() / theta.sin(),
+    );
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (wa * *x as f64 + wb * *y as f64) as f32)
+        .collect()
+}

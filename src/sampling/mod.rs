@@ -8,7 +8,7 @@ pub mod ancestral;
 pub mod ddim;
 
 pub use ancestral::Ancestral;
-pub use ddim::{Ddim, Spacing, timestep_subsequence};
+pub use ddim::{Ddim, Spacing, ddim_encode, slerp, timestep_subsequence};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
