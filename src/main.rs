@@ -367,6 +367,12 @@ struct SampleArgs {
     /// Images per network call.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Langevin corrector steps after each sampler step (predictor–corrector; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    corrector_steps: usize,
+    /// Target signal-to-noise ratio of the corrector's step size.
+    #[arg(long, default_value_t = 0.16)]
+    snr: f64,
 }
 
 #[derive(Args)]
@@ -597,6 +603,7 @@ fn sample_images(
     device: &Device,
     mut chain: Option<&mut Vec<image::RgbImage>>,
     show_progress: bool,
+    corrector: Option<&ddpm::sampling::Langevin>,
 ) -> Tensor<4> {
     let steps = sampler.timesteps().len();
     let pb = indicatif::ProgressBar::new((steps * n.div_ceil(batch)) as u64);
@@ -617,12 +624,13 @@ fn sample_images(
     while done < n {
         let b = batch.min(n - done);
         let first = done == 0;
-        let x = sample(
+        let x_t = noise.normal([b, shape[0], shape[1], shape[2]], device);
+        let x = ddpm::sampling::sample_loop_pc(
             diffusion,
             sampler,
+            corrector,
             model,
-            [b, shape[0], shape[1], shape[2]],
-            device,
+            x_t,
             &mut noise,
             |k, out| {
                 pb.inc(1);
@@ -692,6 +700,12 @@ fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
         device,
         a.chain.is_some().then_some(&mut frames),
         true,
+        (a.corrector_steps > 0)
+            .then_some(ddpm::sampling::Langevin {
+                steps: a.corrector_steps,
+                snr: a.snr,
+            })
+            .as_ref(),
     );
     let secs = t0.elapsed().as_secs_f64();
     ddpm::image::save_grid(x, (a.n as f64).sqrt().ceil() as usize, &a.out)?;
@@ -834,6 +848,7 @@ fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
         device,
         Some(&mut frames),
         true,
+        None,
     );
     let grid = a.out.join("samples.png");
     let gif = a.out.join("denoising.gif");

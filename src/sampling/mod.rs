@@ -6,9 +6,11 @@
 
 pub mod ancestral;
 pub mod ddim;
+pub mod langevin;
 
 pub use ancestral::Ancestral;
 pub use ddim::{Ddim, Spacing, ddim_encode, slerp, timestep_subsequence};
+pub use langevin::Langevin;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -73,13 +75,31 @@ pub fn sample_loop(
     model: &dyn EpsModel,
     x_t: Tensor<4>,
     noise: &mut NoiseSource,
+    on_step: impl FnMut(usize, &StepOutput),
+) -> Tensor<4> {
+    sample_loop_pc(diffusion, sampler, None, model, x_t, noise, on_step)
+}
+
+/// Predictor–corrector sampling: after every predictor step that lands on a noisy level, the
+/// optional Langevin `corrector` refines the state at that level.
+pub fn sample_loop_pc(
+    diffusion: &GaussianDiffusion,
+    sampler: &dyn Sampler,
+    corrector: Option<&Langevin>,
+    model: &dyn EpsModel,
+    x_t: Tensor<4>,
+    noise: &mut NoiseSource,
     mut on_step: impl FnMut(usize, &StepOutput),
 ) -> Tensor<4> {
     let batch = x_t.dims()[0];
+    let ts = sampler.timesteps();
     let mut x = x_t;
-    for (k, &t) in sampler.timesteps().iter().enumerate() {
+    for (k, &t) in ts.iter().enumerate() {
         let eps = model.predict_eps(x.clone(), &vec![t; batch]);
-        let out = sampler.step(diffusion, x, k, eps, noise);
+        let mut out = sampler.step(diffusion, x, k, eps, noise);
+        if let (Some(c), Some(&next)) = (corrector, ts.get(k + 1)) {
+            out.prev = c.correct(diffusion, model, out.prev, next, noise);
+        }
         on_step(k, &out);
         x = out.prev;
     }
