@@ -625,13 +625,17 @@ fn sample_images(
         let b = batch.min(n - done);
         let first = done == 0;
         let x_t = noise.normal([b, shape[0], shape[1], shape[2]], device);
-        let x = ddpm::sampling::sample_loop_pc(
+        let opts = ddpm::sampling::LoopOptions {
+            corrector: corrector.copied(),
+            guidance: None,
+        };
+        let x = ddpm::sampling::sample_loop_with(
             diffusion,
             sampler,
-            corrector,
             model,
             x_t,
             &mut noise,
+            &opts,
             |k, out| {
                 pb.inc(1);
                 if first && (k % every == 0 || k + 1 == steps) {

@@ -110,3 +110,88 @@ impl EpsModel for FiniteSetOracle {
         Tensor::from_data(TensorData::new(out, dims), &device)
     }
 }
+
+/// Labelled data from a mixture of isotropic Gaussians: class y has weight π_y and
+/// x_0 | y ~ N(μ_y, s_y² I). Then q_t(x_t | y) = N(√ᾱ_t μ_y, (ᾱ_t s_y² + 1 − ᾱ_t) I), and both
+/// the optimal ε* = −√(1−ᾱ_t) ∇ log q_t(x_t) and the exact classifier gradient
+/// ∇ log p(y | x_t) = ∇ log q_t(x_t | y) − ∇ log q_t(x_t) have closed forms (theory.md §7).
+pub struct GaussianMixtureOracle {
+    /// (π_y, μ_y, s_y) per class.
+    pub components: Vec<(f64, f64, f64)>,
+    /// ᾱ_t per index.
+    pub alphas_cumprod: Vec<f64>,
+}
+
+impl GaussianMixtureOracle {
+    /// The oracle for `diffusion`'s schedule.
+    pub fn new(diffusion: &GaussianDiffusion, components: Vec<(f64, f64, f64)>) -> Self {
+        GaussianMixtureOracle {
+            components,
+            alphas_cumprod: diffusion.schedule.alphas_cumprod.clone(),
+        }
+    }
+
+    /// For one sample: the class posteriors p(y | x_t) and each class's ∇ log q_t(x_t | y).
+    fn posterior_and_grads(&self, x: &[f32], t: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let ab = self.alphas_cumprod[t];
+        let mut logw = Vec::new();
+        let mut grads = Vec::new();
+        for &(pi, mu, s) in &self.components {
+            let v = ab * s * s + 1.0 - ab;
+            let m = ab.sqrt() * mu;
+            let mut lp = pi.ln();
+            let mut g = Vec::with_capacity(x.len());
+            for &xd in x {
+                let r = xd as f64 - m;
+                lp += -0.5 * r * r / v - 0.5 * (2.0 * std::f64::consts::PI * v).ln();
+                g.push(-r / v);
+            }
+            logw.push(lp);
+            grads.push(g);
+        }
+        let mx = logw.iter().cloned().fold(f64::MIN, f64::max);
+        let w: Vec<f64> = logw.iter().map(|l| (l - mx).exp()).collect();
+        let z: f64 = w.iter().sum();
+        (w.into_iter().map(|x| x / z).collect(), grads)
+    }
+
+    /// Applies `f(sample, posteriors, class gradients, pixel)` to every pixel of a batch.
+    fn map(
+        &self,
+        x_t: Tensor<4>,
+        t: &[usize],
+        f: impl Fn(usize, &[f64], &[Vec<f64>], usize) -> f64,
+    ) -> Tensor<4> {
+        let dims = x_t.dims();
+        let device = x_t.device();
+        let d = dims[1] * dims[2] * dims[3];
+        let x: Vec<f32> = x_t.into_data().convert::<f32>().try_into_vec().unwrap();
+        let mut out = vec![0f32; x.len()];
+        for b in 0..dims[0] {
+            let (post, grads) = self.posterior_and_grads(&x[b * d..(b + 1) * d], t[b]);
+            for j in 0..d {
+                out[b * d + j] = f(b, &post, &grads, j) as f32;
+            }
+        }
+        Tensor::from_data(TensorData::new(out, dims), &device)
+    }
+}
+
+impl EpsModel for GaussianMixtureOracle {
+    fn predict_eps(&self, x_t: Tensor<4>, t: &[usize]) -> Tensor<4> {
+        let ac = &self.alphas_cumprod;
+        self.map(x_t, t, |b, post, grads, j| {
+            let score: f64 = post.iter().zip(grads).map(|(p, g)| p * g[j]).sum();
+            -(1.0 - ac[t[b]]).sqrt() * score
+        })
+    }
+}
+
+impl crate::sampling::ClassifierGrad for GaussianMixtureOracle {
+    fn grad_log_prob(&self, x_t: Tensor<4>, t: &[usize], y: &[usize]) -> Tensor<4> {
+        self.map(x_t, t, |b, post, grads, j| {
+            let score: f64 = post.iter().zip(grads).map(|(p, g)| p * g[j]).sum();
+            grads[y[b]][j] - score
+        })
+    }
+}

@@ -379,27 +379,33 @@ fn langevin_corrector_keeps_the_noisy_marginal() {
 
 #[test]
 fn predictor_corrector_improves_few_step_ddim() {
-    use ddpm::sampling::{Ddim, Langevin, Spacing, sample_loop_pc, timestep_subsequence};
+    use ddpm::sampling::{
+        Ddim, Langevin, LoopOptions, Spacing, sample_loop_with, timestep_subsequence,
+    };
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig::default());
     let oracle = GaussianOracle::new(&d, 0.3, 0.5);
     let sampler = Ddim::new(timestep_subsequence(1000, 10, Spacing::Linear), 0.0, false);
     let n = 50_000;
-    let run = |c: Option<&Langevin>| {
+    let run = |corrector: Option<Langevin>| {
         let mut noise = NoiseSource::new(8);
         let x = noise.normal([n, 1, 1, 1], &device);
-        moments(sample_loop_pc(
+        let opts = LoopOptions {
+            corrector,
+            guidance: None,
+        };
+        moments(sample_loop_with(
             &d,
             &sampler,
-            c,
             &oracle,
             x,
             &mut noise,
+            &opts,
             |_, _| {},
         ))
     };
     let (m0, s0) = run(None);
-    let (m1, s1) = run(Some(&Langevin {
+    let (m1, s1) = run(Some(Langevin {
         steps: 2,
         snr: 0.16,
     }));
@@ -409,4 +415,65 @@ fn predictor_corrector_improves_few_step_ddim() {
         (s1 - 0.5).abs() < (s0 - 0.5).abs(),
         "the corrector did not reduce the spread error"
     );
+}
+
+#[test]
+fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
+    use ddpm::oracle::GaussianMixtureOracle;
+    use ddpm::sampling::{
+        Ddim, Guidance, LoopOptions, Sampler, Spacing, sample_loop_with, timestep_subsequence,
+    };
+    // Two labelled Gaussians: class 0 ~ N(−0.5, 0.2²), class 1 ~ N(0.4, 0.3²), equal weights.
+    // With the exact ε* and ∇ log p(y|x_t), s = 1 must reproduce the class-conditional
+    // distribution and s = 0 the mixture, for DDPM and DDIM (theory.md §7).
+    let device = Device::flex();
+    let d = GaussianDiffusion::new(DiffusionConfig {
+        variance: VarianceType::Small,
+        ..Default::default()
+    });
+    let comps = vec![(0.5, -0.5, 0.2), (0.5, 0.4, 0.3)];
+    let oracle = GaussianMixtureOracle::new(&d, comps.clone());
+    let n = 20_000;
+    let mix_mean = 0.5 * (-0.5) + 0.5 * 0.4;
+    let mix_std = (0.5 * 0.04 + 0.5 * 0.09 + 0.25 * 0.81f64).sqrt();
+    let ddpm = Ancestral::new(&d, false);
+    let ddim = Ddim::new(timestep_subsequence(1000, 250, Spacing::Linear), 0.0, false);
+    for (name, sampler) in [("DDPM", &ddpm as &dyn Sampler), ("DDIM-250", &ddim)] {
+        for (scale, class) in [(1.0, 1usize), (1.0, 0), (0.0, 1)] {
+            let guidance = Guidance {
+                classifier: &oracle,
+                labels: vec![class; n],
+                scale,
+            };
+            let opts = LoopOptions {
+                corrector: None,
+                guidance: Some(&guidance),
+            };
+            let mut noise = NoiseSource::new(31);
+            let x = noise.normal([n, 1, 1, 1], &device);
+            let (m, s) = moments(sample_loop_with(
+                &d,
+                sampler,
+                &oracle,
+                x,
+                &mut noise,
+                &opts,
+                |_, _| {},
+            ));
+            let (em, es) = if scale == 0.0 {
+                (mix_mean, mix_std)
+            } else {
+                (comps[class].1, comps[class].2)
+            };
+            println!("{name} s={scale} y={class}: mean {m:.4} std {s:.4} (want {em:.4} {es:.4})");
+            assert!(
+                (m - em).abs() < 0.015,
+                "{name} s={scale} y={class}: mean {m} vs {em}"
+            );
+            assert!(
+                (s / es - 1.0).abs() < 0.04,
+                "{name} s={scale} y={class}: std {s} vs {es}"
+            );
+        }
+    }
 }

@@ -34,17 +34,23 @@ impl Sampler for Ancestral {
         x_t: Tensor<4>,
         k: usize,
         eps: Tensor<4>,
+        guide: Option<Tensor<4>>,
         noise: &mut NoiseSource,
     ) -> StepOutput {
         let t = self.timesteps[k];
         let dims = x_t.dims();
         let device = x_t.device();
         let out = diffusion.p_mean_variance_from_eps(x_t, &vec![t; dims[0]], eps, self.clip_x0);
+        // Classifier guidance (Dhariwal & Nichol 2021, Alg. 1): μ + s·σ_t²·∇ log p_φ(y|x_t).
+        let mean = match guide {
+            Some(g) => out.mean + g * out.variance.clone(),
+            None => out.mean,
+        };
         let prev = if t > 0 {
             let z = noise.normal(dims, &device);
-            out.mean + z * out.log_variance.mul_scalar(0.5).exp()
+            mean + z * out.log_variance.mul_scalar(0.5).exp()
         } else {
-            out.mean
+            mean
         };
         StepOutput {
             prev,

@@ -84,9 +84,15 @@ impl Sampler for Ddim {
         x_t: Tensor<4>,
         k: usize,
         eps: Tensor<4>,
+        guide: Option<Tensor<4>>,
         noise: &mut NoiseSource,
     ) -> StepOutput {
         let (a_t, a_next) = self.alphas(diffusion, k);
+        // Classifier guidance (Dhariwal & Nichol 2021, Alg. 2): ε̂ = ε − s·√(1−ᾱ_t)·∇ log p_φ(y|x_t).
+        let eps = match guide {
+            Some(g) => eps - g.mul_scalar((1.0 - a_t).sqrt()),
+            None => eps,
+        };
         let mut x0 =
             (x_t.clone() - eps.clone().mul_scalar((1.0 - a_t).sqrt())).div_scalar(a_t.sqrt());
         let mut eps = eps;

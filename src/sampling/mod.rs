@@ -6,10 +6,12 @@
 
 pub mod ancestral;
 pub mod ddim;
+pub mod guidance;
 pub mod langevin;
 
 pub use ancestral::Ancestral;
 pub use ddim::{Ddim, Spacing, ddim_encode, slerp, timestep_subsequence};
+pub use guidance::{ClassifierGrad, Guidance};
 pub use langevin::Langevin;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -56,13 +58,15 @@ pub trait Sampler {
     /// The timestep indices visited, in decreasing order.
     fn timesteps(&self) -> &[usize];
 
-    /// One step from `x_t` at position `k` of [`Sampler::timesteps`], given `ε_θ(x_t, t)`.
+    /// One step from `x_t` at position `k` of [`Sampler::timesteps`], given `ε_θ(x_t, t)` and,
+    /// for classifier guidance, `guide = s·∇_{x_t} log p_φ(y | x_t)` (theory.md §7).
     fn step(
         &self,
         diffusion: &GaussianDiffusion,
         x_t: Tensor<4>,
         k: usize,
         eps: Tensor<4>,
+        guide: Option<Tensor<4>>,
         noise: &mut NoiseSource,
     ) -> StepOutput;
 }
@@ -77,27 +81,46 @@ pub fn sample_loop(
     noise: &mut NoiseSource,
     on_step: impl FnMut(usize, &StepOutput),
 ) -> Tensor<4> {
-    sample_loop_pc(diffusion, sampler, None, model, x_t, noise, on_step)
+    sample_loop_with(
+        diffusion,
+        sampler,
+        model,
+        x_t,
+        noise,
+        &LoopOptions::default(),
+        on_step,
+    )
 }
 
-/// Predictor–corrector sampling: after every predictor step that lands on a noisy level, the
-/// optional Langevin `corrector` refines the state at that level.
-pub fn sample_loop_pc(
+/// Extras of the sampling loop.
+#[derive(Default)]
+pub struct LoopOptions<'a> {
+    /// Langevin corrector steps after every predictor step that lands on a noisy level
+    /// (predictor–corrector sampling).
+    pub corrector: Option<Langevin>,
+    /// Classifier guidance.
+    pub guidance: Option<&'a Guidance<'a>>,
+}
+
+/// The sampling loop with a corrector and/or classifier guidance.
+pub fn sample_loop_with(
     diffusion: &GaussianDiffusion,
     sampler: &dyn Sampler,
-    corrector: Option<&Langevin>,
     model: &dyn EpsModel,
     x_t: Tensor<4>,
     noise: &mut NoiseSource,
+    opts: &LoopOptions<'_>,
     mut on_step: impl FnMut(usize, &StepOutput),
 ) -> Tensor<4> {
     let batch = x_t.dims()[0];
     let ts = sampler.timesteps();
     let mut x = x_t;
     for (k, &t) in ts.iter().enumerate() {
-        let eps = model.predict_eps(x.clone(), &vec![t; batch]);
-        let mut out = sampler.step(diffusion, x, k, eps, noise);
-        if let (Some(c), Some(&next)) = (corrector, ts.get(k + 1)) {
+        let tv = vec![t; batch];
+        let eps = model.predict_eps(x.clone(), &tv);
+        let guide = opts.guidance.map(|g| g.gradient(x.clone(), &tv));
+        let mut out = sampler.step(diffusion, x, k, eps, guide, noise);
+        if let (Some(c), Some(&next)) = (opts.corrector.as_ref(), ts.get(k + 1)) {
             out.prev = c.correct(diffusion, model, out.prev, next, noise);
         }
         on_step(k, &out);
