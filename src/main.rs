@@ -54,10 +54,91 @@ enum Command {
     Eval(EvalCommand),
     /// FID (and precision/recall) between any two of: image folders, data sets, stats files.
     Fid(FidArgs),
+    /// Train or evaluate a noisy-image classifier for classifier guidance.
+    #[command(subcommand)]
+    Classifier(ClassifierCommand),
     /// Invert images to latents x_T with the deterministic DDIM ODE (η = 0).
     Encode(EncodeArgs),
     /// Decode spherical interpolations between the latents of two images (strip PNG + GIF).
     Interpolate(InterpolateArgs),
+}
+
+#[derive(Subcommand)]
+enum ClassifierCommand {
+    /// Train p_φ(y | x_t, t) on noised images (t ~ U), or on clean ones with --clean.
+    Train(ClassifierTrainArgs),
+    /// Accuracy on a labelled split, by quarter of the timestep range.
+    Eval(ClassifierEvalArgs),
+}
+
+#[derive(Args)]
+struct ClassifierTrainArgs {
+    /// Run folder to create.
+    #[arg(long, required_unless_present = "resume")]
+    run: Option<PathBuf>,
+    /// Continue this classifier run from its latest checkpoint.
+    #[arg(long, conflicts_with = "run")]
+    resume: Option<PathBuf>,
+    /// Labelled training data (see `ddpm train --help`).
+    #[arg(long, default_value = "mnist5k")]
+    data: String,
+    /// Encoder preset (the U-Net presets' down half).
+    #[arg(long, default_value = "small28")]
+    preset: String,
+    /// Number of classes (default: from the data).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Train on clean images only (the classifier that judges guided samples).
+    #[arg(long)]
+    clean: bool,
+    #[command(flatten)]
+    diffusion: DiffusionArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Stop after this many steps in total.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop after this many minutes of training in total.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    /// EMA decay.
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    /// Random horizontal flips.
+    #[arg(long)]
+    hflip: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ClassifierEvalArgs {
+    /// Classifier run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Labelled data (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// Split.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    split: Split,
+    /// Images (evenly spaced).
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
 }
 
 #[derive(Args)]
@@ -373,6 +454,15 @@ struct SampleArgs {
     /// Target signal-to-noise ratio of the corrector's step size.
     #[arg(long, default_value_t = 0.16)]
     snr: f64,
+    /// Classifier run for classifier guidance (`ddpm classifier train`).
+    #[arg(long, requires = "class")]
+    classifier: Option<PathBuf>,
+    /// Class to steer towards (with --classifier).
+    #[arg(long)]
+    class: Option<usize>,
+    /// Guidance scale s (0 = unguided).
+    #[arg(long, default_value_t = 1.0)]
+    guidance_scale: f64,
 }
 
 #[derive(Args)]
@@ -468,6 +558,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Nll(a)) => cmd_eval_nll(a, &device),
         Command::Eval(EvalCommand::Fid(a)) => cmd_eval_fid(a, &device),
         Command::Fid(a) => cmd_fid(a, &device),
+        Command::Classifier(ClassifierCommand::Train(a)) => cmd_classifier_train(a, &device),
+        Command::Classifier(ClassifierCommand::Eval(a)) => cmd_classifier_eval(a, &device),
         Command::Encode(a) => cmd_encode(a, &device),
         Command::Interpolate(a) => cmd_interpolate(a, &device),
     }
@@ -604,6 +696,7 @@ fn sample_images(
     mut chain: Option<&mut Vec<image::RgbImage>>,
     show_progress: bool,
     corrector: Option<&ddpm::sampling::Langevin>,
+    guide: Option<(&dyn ddpm::sampling::ClassifierGrad, usize, f64)>,
 ) -> Tensor<4> {
     let steps = sampler.timesteps().len();
     let pb = indicatif::ProgressBar::new((steps * n.div_ceil(batch)) as u64);
@@ -625,9 +718,14 @@ fn sample_images(
         let b = batch.min(n - done);
         let first = done == 0;
         let x_t = noise.normal([b, shape[0], shape[1], shape[2]], device);
+        let guidance = guide.map(|(classifier, class, scale)| ddpm::sampling::Guidance {
+            classifier,
+            labels: vec![class; b],
+            scale,
+        });
         let opts = ddpm::sampling::LoopOptions {
             corrector: corrector.copied(),
-            guidance: None,
+            guidance: guidance.as_ref(),
         };
         let x = ddpm::sampling::sample_loop_with(
             diffusion,
@@ -691,6 +789,19 @@ fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
         a.sampler,
         sampler.timesteps().len()
     );
+    let guide = match &a.classifier {
+        Some(dir) => {
+            let (_, clf) = ddpm::train::classifier::load_classifier(dir, device, true)?;
+            println!(
+                "classifier guidance: {} towards class {} with s = {}",
+                dir.display(),
+                a.class.unwrap(),
+                a.guidance_scale
+            );
+            Some(ddpm::model::classifier::ClassifierGuide::new(clf, device))
+        }
+        None => None,
+    };
     let t0 = Instant::now();
     let mut frames = Vec::new();
     let x = sample_images(
@@ -710,6 +821,13 @@ fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
                 snr: a.snr,
             })
             .as_ref(),
+        guide.as_ref().map(|g| {
+            (
+                g as &dyn ddpm::sampling::ClassifierGrad,
+                a.class.unwrap(),
+                a.guidance_scale,
+            )
+        }),
     );
     let secs = t0.elapsed().as_secs_f64();
     ddpm::image::save_grid(x, (a.n as f64).sqrt().ceil() as usize, &a.out)?;
@@ -852,6 +970,7 @@ fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
         device,
         Some(&mut frames),
         true,
+        None,
         None,
     );
     let grid = a.out.join("samples.png");
@@ -1487,6 +1606,110 @@ fn cmd_interpolate(a: InterpolateArgs, device: &Device) -> Result<()> {
         }
         ddpm::image::save_gif(&imgs, 120, g)?;
         println!("wrote {}", g.display());
+    }
+    Ok(())
+}
+
+fn cmd_classifier_train(a: ClassifierTrainArgs, device: &Device) -> Result<()> {
+    use ddpm::train::classifier::{ClassifierRunConfig, ClassifierTrainer};
+    let mut trainer = if let Some(run) = &a.resume {
+        let (steps, minutes) = (a.steps, a.minutes);
+        ClassifierTrainer::resume(run, device, |tc| {
+            if steps.is_some() {
+                tc.max_steps = steps;
+            }
+            if minutes.is_some() {
+                tc.max_minutes = minutes;
+            }
+        })?
+    } else {
+        if a.steps.is_none() && a.minutes.is_none() {
+            bail!("give a budget: --steps N and/or --minutes M");
+        }
+        let mut backbone = UNetConfig::preset(&a.preset)
+            .with_context(|| format!("unknown preset `{}`", a.preset))?;
+        let probe = data::open(&a.data, Split::Train, Some(backbone.image_size))?;
+        backbone.in_channels = probe.channels;
+        let classes = a.classes.unwrap_or_else(|| probe.num_classes());
+        if classes < 2 {
+            bail!("data `{}` has no labels or a single class", a.data);
+        }
+        let config = ClassifierRunConfig {
+            kind: "classifier".into(),
+            model: ddpm::model::classifier::ClassifierConfig {
+                backbone,
+                num_classes: classes,
+            },
+            diffusion: a.diffusion.config()?,
+            train: TrainConfig {
+                data: a.data.clone(),
+                batch_size: a.batch_size,
+                max_steps: a.steps,
+                max_minutes: a.minutes,
+                hflip: a.hflip,
+                seed: a.seed,
+                optim: ddpm::train::OptimConfig {
+                    lr: a.lr,
+                    warmup_steps: a.warmup,
+                    ema_decay: a.ema_decay,
+                    ..Default::default()
+                },
+                checkpoint_every: a.checkpoint_every,
+                ..Default::default()
+            },
+            clean: a.clean,
+        };
+        ClassifierTrainer::create(a.run.as_ref().unwrap(), config, device)?
+    };
+    trainer.progress = !a.quiet;
+    let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
+    println!(
+        "classifier run {}: {n_params} parameters, {} classes, {} inputs, from step {}",
+        trainer.run.display(),
+        trainer.config.model.num_classes,
+        if trainer.config.clean {
+            "clean"
+        } else {
+            "noisy (t ~ U)"
+        },
+        trainer.state.step
+    );
+    let ckpt = trainer.train()?;
+    println!(
+        "done: step {}; checkpoint {}; per-step accuracy by t in {}",
+        trainer.state.step,
+        ckpt.display(),
+        trainer.run.join("log.csv").display()
+    );
+    Ok(())
+}
+
+fn cmd_classifier_eval(a: ClassifierEvalArgs, device: &Device) -> Result<()> {
+    use ddpm::train::classifier::{evaluate, load_classifier};
+    let (config, model) = load_classifier(&a.run, device, true)?;
+    let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
+    let set = data::open(&spec, a.split, Some(config.model.backbone.image_size))?;
+    if set.labels.is_none() {
+        bail!("data `{spec}` has no labels");
+    }
+    let acc = evaluate(&config, &model, &set, a.n, device, 0);
+    println!(
+        "accuracy on {} {:?} images of `{spec}`: {:.4}",
+        a.n.min(set.len()),
+        a.split,
+        acc.overall()
+    );
+    if !config.clean {
+        let t_max = config.diffusion.num_timesteps;
+        for q in 0..4 {
+            println!(
+                "  t in [{}, {}): {:.4} ({} images)",
+                q * t_max / 4 + 1,
+                (q + 1) * t_max / 4 + 1,
+                acc.quarter(q),
+                acc.quarters[q].1
+            );
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Networks: the ε-prediction U-Net and its blocks.
 
 pub mod blocks;
+pub mod classifier;
 pub mod import;
 pub mod unet;
 

@@ -147,8 +147,9 @@ impl UNetConfig {
         Ok(())
     }
 
-    /// Builds the network with the reference initialisation.
-    pub fn init(&self, device: &Device) -> UNet {
+    /// The encoder half: time embedding, input convolution, down path and bottleneck (shared
+    /// by the U-Net and the noisy-image classifier).
+    pub fn init_encoder(&self, device: &Device) -> Encoder {
         if let Err(e) = self.validate() {
             panic!("invalid UNetConfig: {e}");
         }
@@ -195,15 +196,46 @@ impl UNetConfig {
             });
             c_prev = c;
         }
-
         let c_mid = outs[levels - 1];
-        let mid_block = MidBlock {
-            resnets: vec![
-                ResBlock::new(c_mid, c_mid, temb, g, eps, drop, device),
-                ResBlock::new(c_mid, c_mid, temb, g, eps, drop, device),
-            ],
-            attentions: vec![AttentionBlock::new(c_mid, g, eps, device)],
-        };
+        Encoder {
+            time_embedding: TimestepEmbedding {
+                linear_1: linear(ch, temb, 1.0, device),
+                linear_2: linear(temb, temb, 1.0, device),
+            },
+            conv_in: conv2d(
+                self.in_channels,
+                ch,
+                3,
+                1,
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                1.0,
+                device,
+            ),
+            down_blocks,
+            mid_block: MidBlock {
+                resnets: vec![
+                    ResBlock::new(c_mid, c_mid, temb, g, eps, drop, device),
+                    ResBlock::new(c_mid, c_mid, temb, g, eps, drop, device),
+                ],
+                attentions: vec![AttentionBlock::new(c_mid, g, eps, device)],
+            },
+        }
+    }
+
+    /// Builds the network with the reference initialisation.
+    pub fn init(&self, device: &Device) -> UNet {
+        let Encoder {
+            time_embedding,
+            conv_in,
+            down_blocks,
+            mid_block,
+        } = self.init_encoder(device);
+        let ch = self.base_channels;
+        let temb = 4 * ch;
+        let (g, eps, drop) = (self.norm_groups, self.norm_eps, self.dropout);
+        let sizes = self.level_sizes();
+        let levels = self.channel_mult.len();
+        let outs: Vec<usize> = self.channel_mult.iter().map(|m| m * ch).collect();
 
         // diffusers' channel bookkeeping for the way up: each up block has num_res_blocks + 1
         // resnets; the skip of the last one comes from the level below.
@@ -242,19 +274,8 @@ impl UNetConfig {
         }
 
         UNet {
-            time_embedding: TimestepEmbedding {
-                linear_1: linear(ch, temb, 1.0, device),
-                linear_2: linear(temb, temb, 1.0, device),
-            },
-            conv_in: conv2d(
-                self.in_channels,
-                ch,
-                3,
-                1,
-                PaddingConfig2d::Explicit(1, 1, 1, 1),
-                1.0,
-                device,
-            ),
+            time_embedding,
+            conv_in,
             down_blocks,
             mid_block,
             up_blocks,
@@ -271,6 +292,18 @@ impl UNetConfig {
             base_channels: ch,
         }
     }
+}
+
+/// The parts of the U-Net before the way up.
+pub struct Encoder {
+    /// Time-embedding MLP.
+    pub time_embedding: TimestepEmbedding,
+    /// 3×3 input convolution.
+    pub conv_in: Conv2d,
+    /// Encoder levels.
+    pub down_blocks: Vec<DownBlock>,
+    /// Bottleneck.
+    pub mid_block: MidBlock,
 }
 
 /// Two dense layers on the sinusoidal embedding: ch → 4ch → 4ch.

@@ -1,6 +1,7 @@
 //! Training: the loop of Algorithm 1, the fused optimiser step, and run folders/checkpoints.
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod optim;
 pub mod trainer;
 
