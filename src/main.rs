@@ -610,15 +610,7 @@ fn model_config(a: &TrainArgs) -> Result<UNetConfig> {
 
 fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
     let mut trainer = if let Some(run) = &a.resume {
-        let (steps, minutes) = (a.steps, a.minutes);
-        Trainer::resume(run, device, |tc| {
-            if steps.is_some() {
-                tc.max_steps = steps;
-            }
-            if minutes.is_some() {
-                tc.max_minutes = minutes;
-            }
-        })?
+        Trainer::resume(run, device, |tc| tc.set_budget(a.steps, a.minutes))?
     } else {
         let run = a.run.clone().unwrap();
         if a.steps.is_none() && a.minutes.is_none() {
@@ -1024,24 +1016,40 @@ fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
     let ocfg = ddpm::train::OptimConfig::default();
     let mut noise = NoiseSource::new(0);
     let mut model = model;
-    let mut train_step = |model: ddpm::model::UNet| -> ddpm::model::UNet {
+    // Phases of one step: forward (+ loss), backward, gradients to the host, fused
+    // clip/Adam/EMA, weights back into the model.
+    let mut phases = [0f64; 5];
+    let mut train_step = |model: ddpm::model::UNet, phases: &mut [f64; 5]| -> ddpm::model::UNet {
         let x0 = noise.normal(shape, &ad).clamp(-1.0, 1.0);
         let eps = noise.normal(shape, &ad);
         let t: Vec<usize> = (0..a.batch_size).map(|i| (i * 997) % 1000).collect();
+        let mut clock = Instant::now();
+        let mut lap = |k: usize, phases: &mut [f64; 5]| {
+            phases[k] += clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+        };
         let xt = diffusion.q_sample(x0, &t, eps.clone());
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
         let loss = diffusion.training_loss(eps, model.forward(xt, &tf, true), &t);
+        let _ = loss.clone().into_data();
+        lap(0, phases);
         let grads = loss.backward();
+        lap(1, phases);
         let gs = ddpm::train::trainer::collect_grads(&model, &grads);
+        lap(2, phases);
         state.update(&gs, &ocfg);
-        ddpm::params::assign(model, &state.params, true)
+        lap(3, phases);
+        let m = ddpm::params::assign(model, &state.params, true);
+        lap(4, phases);
+        m
     };
-    model = train_step(model);
+    model = train_step(model, &mut [0f64; 5]);
     let t0 = Instant::now();
     for _ in 0..a.iters {
-        model = train_step(model);
+        model = train_step(model, &mut phases);
     }
-    let train_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
+    let train_secs = t0.elapsed().as_secs_f64();
+    let train_ips = (a.iters * a.batch_size) as f64 / train_secs;
     // Sampling: one network call per image per step, no autodiff.
     let inf = m.init(device);
     let x = noise.normal(shape, device);
@@ -1053,6 +1061,20 @@ fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
     }
     let fwd_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
     println!("training:  {train_ips:8.1} images/s (forward + backward + Adam/EMA)");
+    let names = [
+        "forward + loss",
+        "backward",
+        "gradients to host",
+        "clip + Adam + EMA",
+        "weights into model",
+    ];
+    for (n, p) in names.iter().zip(phases) {
+        println!(
+            "           {:>5.1}% {n} ({:.1} ms/step)",
+            100.0 * p / train_secs,
+            1000.0 * p / a.iters as f64
+        );
+    }
     println!("sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass)");
     println!(
         "           = {:.3} images/s for 1000-step DDPM, {:.2} images/s for 50-step DDIM",
@@ -1613,15 +1635,7 @@ fn cmd_interpolate(a: InterpolateArgs, device: &Device) -> Result<()> {
 fn cmd_classifier_train(a: ClassifierTrainArgs, device: &Device) -> Result<()> {
     use ddpm::train::classifier::{ClassifierRunConfig, ClassifierTrainer};
     let mut trainer = if let Some(run) = &a.resume {
-        let (steps, minutes) = (a.steps, a.minutes);
-        ClassifierTrainer::resume(run, device, |tc| {
-            if steps.is_some() {
-                tc.max_steps = steps;
-            }
-            if minutes.is_some() {
-                tc.max_minutes = minutes;
-            }
-        })?
+        ClassifierTrainer::resume(run, device, |tc| tc.set_budget(a.steps, a.minutes))?
     } else {
         if a.steps.is_none() && a.minutes.is_none() {
             bail!("give a budget: --steps N and/or --minutes M");

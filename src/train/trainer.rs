@@ -80,6 +80,18 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Replaces the step and/or time budget where a new one is given (resuming a run).
+    pub fn set_budget(&mut self, steps: Option<u64>, minutes: Option<f64>) {
+        if steps.is_some() {
+            self.max_steps = steps;
+        }
+        if minutes.is_some() {
+            self.max_minutes = minutes;
+        }
+    }
+}
+
 /// How a training session ended.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
