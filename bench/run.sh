@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs ddpm's benchmark and the PyTorch/diffusers peer side by side on this machine, for the
+# given presets (default: small28 cifar10), with the same batch size and thread count.
+#   bench/run.sh [presets...]        env: BATCH (64), THREADS (2), ITERS (5)
+# Needs: cargo; python3 with torch and diffusers==0.42.1 for the peer (skipped if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BATCH=${BATCH:-64}; THREADS=${THREADS:-2}; ITERS=${ITERS:-5}
+presets=("$@"); [ ${#presets[@]} -eq 0 ] && presets=(small28 cifar10)
+cargo build --release -q
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; threads $THREADS, batch $BATCH"
+for p in "${presets[@]}"; do
+  echo "== $p: ddpm (burn-flex)"
+  ./target/release/ddpm --threads "$THREADS" bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
+  if python3 -c "import torch, diffusers" 2>/dev/null; then
+    echo "== $p: PyTorch peer"
+    python3 bench/pytorch_unet.py --preset "$p" --batch-size "$BATCH" --threads "$THREADS" --iters "$ITERS" 2>&1 | grep -v Warning
+  else
+    echo "(PyTorch peer skipped: pip install torch diffusers==0.42.1)"
+  fi
+done
