@@ -1,0 +1,125 @@
+//! `ddpm bench`: training and sampling speed of a preset.
+
+use super::prelude::*;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Model preset.
+    #[arg(long, default_value = "small28")]
+    pub(crate) preset: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Timed iterations per measurement (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) iters: usize,
+}
+
+pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
+    let m =
+        UNetConfig::preset(&a.preset).with_context(|| format!("unknown preset `{}`", a.preset))?;
+    let threads = rayon::current_num_threads();
+    let n_params = ddpm::params::count(&m.init(device));
+    println!(
+        "bench: preset {} ({} params, {}×{}×{}), batch {}, {} threads, device {:?}",
+        a.preset,
+        n_params,
+        m.in_channels,
+        m.image_size,
+        m.image_size,
+        a.batch_size,
+        threads,
+        device
+    );
+    let diffusion = GaussianDiffusion::new(DiffusionConfig::default());
+    let shape = [a.batch_size, m.in_channels, m.image_size, m.image_size];
+    // Training step: forward + backward + fused optimiser, as in `ddpm train`.
+    let ad = device.clone().autodiff();
+    let model = m.init(&ad);
+    let mut state = ddpm::train::optim::TrainState::new(
+        ddpm::params::collect(&model)
+            .into_iter()
+            .map(|p| p.values)
+            .collect(),
+    );
+    let ocfg = ddpm::train::OptimConfig::default();
+    let mut noise = NoiseSource::new(0);
+    let mut model = model;
+    // Phases of one step: forward (+ loss), backward, gradients to the host, fused
+    // clip/Adam/EMA, weights back into the model.
+    let mut phases = [0f64; 5];
+    let mut train_step = |model: ddpm::model::UNet, phases: &mut [f64; 5]| -> ddpm::model::UNet {
+        let x0 = noise.normal(shape, &ad).clamp(-1.0, 1.0);
+        let eps = noise.normal(shape, &ad);
+        let t: Vec<usize> = (0..a.batch_size).map(|i| (i * 997) % 1000).collect();
+        let mut clock = Instant::now();
+        let mut lap = |k: usize, phases: &mut [f64; 5]| {
+            phases[k] += clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+        };
+        let xt = diffusion.q_sample(x0, &t, eps.clone());
+        let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
+        let loss = diffusion.training_loss(eps, model.forward(xt, &tf, true), &t);
+        let _ = loss.clone().into_data();
+        lap(0, phases);
+        let grads = loss.backward();
+        lap(1, phases);
+        let gs = ddpm::train::trainer::collect_grads(&model, &grads);
+        lap(2, phases);
+        state.update(&gs, &ocfg);
+        lap(3, phases);
+        let m = ddpm::params::assign(model, &state.params, true);
+        lap(4, phases);
+        m
+    };
+    model = train_step(model, &mut [0f64; 5]);
+    let t0 = Instant::now();
+    for _ in 0..a.iters {
+        model = train_step(model, &mut phases);
+    }
+    let train_secs = t0.elapsed().as_secs_f64();
+    let train_ips = (a.iters * a.batch_size) as f64 / train_secs;
+    // Sampling: one network call per image per step, no autodiff.
+    let inf = m.init(device);
+    let x = noise.normal(shape, device);
+    let t: Vec<usize> = vec![500; a.batch_size];
+    let _ = inf.predict_eps(x.clone(), &t).into_data();
+    let t0 = Instant::now();
+    for _ in 0..a.iters {
+        let _ = inf.predict_eps(x.clone(), &t).into_data();
+    }
+    let fwd_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
+    println!("training:  {train_ips:8.1} images/s (forward + backward + Adam/EMA)");
+    let names = [
+        "forward + loss",
+        "backward",
+        "gradients to host",
+        "clip + Adam + EMA",
+        "weights into model",
+    ];
+    for (n, p) in names.iter().zip(phases) {
+        println!(
+            "           {:>5.1}% {n} ({:.1} ms/step)",
+            100.0 * p / train_secs,
+            1000.0 * p / a.iters as f64
+        );
+    }
+    println!("sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass)");
+    println!(
+        "           = {:.3} images/s for 1000-step DDPM, {:.2} images/s for 50-step DDIM",
+        fwd_ips / 1000.0,
+        fwd_ips / 50.0
+    );
+    if let Some(mb) = peak_rss_mib() {
+        println!("peak RSS:  {mb:8.0} MiB");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux), MiB.
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,272 @@
+//! `ddpm eval nll|fid`: the papers' metrics for a run.
+
+use super::prelude::*;
+
+#[derive(Subcommand)]
+pub(crate) enum EvalCommand {
+    /// The variational bound on the negative log-likelihood, in bits/dim (all T terms).
+    Nll(NllArgs),
+    /// FID, precision and recall of N samples against a data split (TF-2015 Inception).
+    Fid(EvalFidArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct EvalFidArgs {
+    /// Run folder written by `ddpm train`.
+    #[arg(long)]
+    pub(crate) run: PathBuf,
+    /// Reference data set (default: the run's).
+    #[arg(long)]
+    pub(crate) data: Option<String>,
+    /// Split of the reference data.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub(crate) split: Split,
+    /// Number of generated images (and at most this many reference images).
+    #[arg(long, default_value_t = 10000)]
+    pub(crate) n: usize,
+    /// Sampler: `ddim` or `ddpm`.
+    #[arg(long, default_value = "ddim")]
+    pub(crate) sampler: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) steps: usize,
+    /// DDIM η.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) eta: f64,
+    /// DDIM spacing.
+    #[arg(long, value_enum, default_value_t = Spacing::Quadratic)]
+    pub(crate) spacing: Spacing,
+    /// Clip x̂₀ (`--clip false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) clip: bool,
+    /// Seed of the samples.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Images per sampling batch.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: usize,
+    #[command(flatten)]
+    pub(crate) net: FidNetArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct NllArgs {
+    /// Run folder written by `ddpm train`.
+    #[arg(long)]
+    pub(crate) run: PathBuf,
+    /// Data set (default: the run's).
+    #[arg(long)]
+    pub(crate) data: Option<String>,
+    /// Split.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub(crate) split: Split,
+    /// Number of images (evenly spaced through the split). Each costs T network calls.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) n: usize,
+    /// (image, t) pairs per network call.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: usize,
+    /// Seed of the noise in each x_t.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    pub(crate) raw: bool,
+    /// Output folder for nll_terms.csv and nll_terms.png (default: RUN/eval).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
+    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let diffusion = GaussianDiffusion::new(config.diffusion.clone());
+    let m = &config.model;
+    let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
+    let set = data::open(&spec, a.split, Some(m.image_size))?;
+    if set.channels != m.in_channels {
+        bail!(
+            "data `{spec}` has {} channels, the model {}",
+            set.channels,
+            m.in_channels
+        );
+    }
+    let n = a.n.clamp(1, set.len());
+    let x0: Vec<f32> = (0..n)
+        .flat_map(|k| {
+            set.image(k * set.len() / n)
+                .iter()
+                .map(|&v| data::to_unit(v))
+        })
+        .collect();
+    let t_max = diffusion.num_timesteps();
+    println!(
+        "NLL bound of {} (step {step}, {} weights, σ² = {:?}) on {n} {:?} images of `{spec}`: {} network evaluations",
+        a.run.display(),
+        if a.raw { "raw" } else { "EMA" },
+        config.diffusion.variance,
+        a.split,
+        n * t_max
+    );
+    let pb = indicatif::ProgressBar::new((n * t_max) as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} nll [{elapsed_precise} < {eta_precise}] {bar:30} {pos}/{len} (image, t) pairs").unwrap(),
+    );
+    let t0 = Instant::now();
+    let mut noise = NoiseSource::new(a.seed);
+    let terms = ddpm::likelihood::calc_bpd(
+        &diffusion,
+        &model,
+        &x0,
+        [m.in_channels, m.image_size, m.image_size],
+        a.batch_size,
+        &mut noise,
+        device,
+        |done, _| pb.set_position(done as u64),
+    );
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let stats = |v: Vec<f64>| {
+        let k = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / k;
+        let se = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt() / k.sqrt()
+        } else {
+            f64::NAN
+        };
+        (mean, se)
+    };
+    let (total, total_se) = stats(terms.iter().map(|t| t.total()).collect());
+    let (prior, _) = stats(terms.iter().map(|t| t.prior).collect());
+    let (l0, _) = stats(terms.iter().map(|t| t.terms[0]).collect());
+    let (mid, _) = stats(terms.iter().map(|t| t.terms[1..].iter().sum()).collect());
+    println!(
+        "NLL ≤ {total:.4} ± {total_se:.4} bits/dim (mean ± standard error over {n} images, {secs:.0} s)"
+    );
+    println!("  prior L_T            {prior:.3e}");
+    println!("  Σ L_(t−1), t=2..T    {mid:.4}");
+    println!("  decoder L_0          {l0:.4}");
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
+    std::fs::create_dir_all(&out)?;
+    let per_t: Vec<f64> = (0..t_max)
+        .map(|t| terms.iter().map(|x| x.terms[t]).sum::<f64>() / n as f64)
+        .collect();
+    let mut csv = String::from("t,bits_per_dim\n");
+    for (i, v) in per_t.iter().enumerate() {
+        csv.push_str(&format!("{},{v:.6e}\n", i + 1));
+    }
+    std::fs::write(out.join("nll_terms.csv"), csv)?;
+    ddpm::image::line_plot(&per_t, true, 800, 400, &out.join("nll_terms.png"))?;
+    println!(
+        "wrote {} and {} (L_t against t = 1..{t_max}, log y)",
+        out.join("nll_terms.csv").display(),
+        out.join("nll_terms.png").display()
+    );
+    update_metrics(
+        &a.run,
+        "nll",
+        serde_json::json!({
+            "bits_per_dim": total, "standard_error": total_se, "prior": prior, "decoder_l0": l0,
+            "sum_kl": mid, "n": n, "split": format!("{:?}", a.split).to_lowercase(), "data": spec,
+            "step": step, "ema": !a.raw, "seconds": secs,
+        }),
+    )?;
+    Ok(())
+}
+
+pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
+    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let diffusion = GaussianDiffusion::new(config.diffusion.clone());
+    let sampler = build_sampler(&a.sampler, &diffusion, a.steps, a.eta, a.spacing, a.clip)?;
+    let m = &config.model;
+    let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
+    let net = FidInception::load(&locate_weights(a.net.inception.as_deref())?, device)?;
+    let real = dataset_features(&spec, a.split, Some(a.n), &net, a.net.fid_batch, device)?;
+    println!(
+        "FID of {} (step {step}, EMA) with {} ({} steps): {} samples against {} {:?} images of `{spec}`",
+        a.run.display(),
+        a.sampler,
+        sampler.timesteps().len(),
+        a.n,
+        real.len() / FEATURE_DIM,
+        a.split
+    );
+    let t0 = Instant::now();
+    let mut noise = NoiseSource::new(a.seed);
+    let mut fake = Vec::with_capacity(a.n * FEATURE_DIM);
+    let pb = fid_progress(a.n, "sample + features");
+    let mut done = 0;
+    let mut first: Option<Tensor<4>> = None;
+    let (mut t_sample, mut t_feat) = (0.0, 0.0);
+    while done < a.n {
+        let b = a.batch_size.min(a.n - done);
+        let ts = Instant::now();
+        let x = sample(
+            &diffusion,
+            sampler.as_ref(),
+            &model,
+            [b, m.in_channels, m.image_size, m.image_size],
+            device,
+            &mut noise,
+            |_, _| {},
+        );
+        t_sample += ts.elapsed().as_secs_f64();
+        if first.is_none() {
+            first = Some(x.clone().slice([0..b.min(64)]));
+        }
+        let (px, dims) = ddpm::image::tensor_to_u8(x);
+        let tf = Instant::now();
+        fake.extend(extract_features(
+            &net,
+            &px,
+            dims[1],
+            dims[2],
+            dims[3],
+            a.net.fid_batch,
+            device,
+            |_| {},
+        ));
+        t_feat += tf.elapsed().as_secs_f64();
+        done += b;
+        pb.set_position(done as u64);
+    }
+    pb.finish_and_clear();
+    let fid = frechet_distance(
+        &FeatureStats::from_features(&real, FEATURE_DIM),
+        &FeatureStats::from_features(&fake, FEATURE_DIM),
+    )?;
+    let (precision, recall) = precision_recall(&real, &fake, FEATURE_DIM, 3);
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "FID {fid:.3}, precision {precision:.4}, recall {recall:.4}  ({:.0} s: sampling {t_sample:.0} s, Inception {t_feat:.0} s)",
+        secs
+    );
+    let out = a.run.join("eval");
+    std::fs::create_dir_all(&out)?;
+    if let Some(x) = first {
+        let k = x.dims()[0];
+        ddpm::image::save_grid(
+            x,
+            (k as f64).sqrt().ceil() as usize,
+            &out.join("fid-samples.png"),
+        )?;
+    }
+    update_metrics(
+        &a.run,
+        &format!(
+            "fid_{}{}",
+            a.sampler,
+            if a.sampler == "ddim" {
+                format!("{}", a.steps)
+            } else {
+                String::new()
+            }
+        ),
+        serde_json::json!({
+            "fid": fid, "precision": precision, "recall": recall, "n": a.n, "reference": spec,
+            "split": format!("{:?}", a.split).to_lowercase(), "sampler": a.sampler, "steps": sampler.timesteps().len(),
+            "eta": a.eta, "step": step, "seconds": secs, "sampling_seconds": t_sample, "inception_seconds": t_feat,
+        }),
+    )?;
+    println!("wrote {}", a.run.join("metrics.json").display());
+    Ok(())
+}

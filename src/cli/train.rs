@@ -1,0 +1,195 @@
+//! `ddpm train`: Algorithm 1 into a run folder, or `--resume` one.
+
+use super::prelude::*;
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// Run folder to create (config.json, checkpoints/, samples/, log.csv).
+    #[arg(long, required_unless_present = "resume")]
+    pub(crate) run: Option<PathBuf>,
+    /// Continue the run in this folder from its latest checkpoint (exactly where it stopped).
+    #[arg(long, conflicts_with = "run")]
+    pub(crate) resume: Option<PathBuf>,
+    /// Model preset: `small28` (1.6M params, 28×28 grey), `cifar10` (the paper's 35.7M), `tiny`.
+    #[arg(long, default_value = "small28")]
+    pub(crate) preset: String,
+    /// Training data: `mnist5k` (built in), `fashion-mnist` (Debian package), a folder of
+    /// IDX files, CIFAR-10 batches or PNG/JPEG images (sub-folder = class).
+    #[arg(long, default_value = "mnist5k")]
+    pub(crate) data: String,
+    /// Image side; images are resized to it (default: the preset's).
+    #[arg(long)]
+    pub(crate) image_size: Option<usize>,
+    /// Image channels (default: the preset's; 1 grey, 3 RGB).
+    #[arg(long)]
+    pub(crate) channels: Option<usize>,
+    /// Base channel count `ch` (overrides the preset).
+    #[arg(long)]
+    pub(crate) base_channels: Option<usize>,
+    /// Channel multipliers per level, e.g. `1,2,2` (overrides the preset).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) channel_mult: Option<Vec<usize>>,
+    /// Residual blocks per level (overrides the preset).
+    #[arg(long)]
+    pub(crate) res_blocks: Option<usize>,
+    /// Resolutions with self-attention, e.g. `16` or `14,7` (overrides the preset).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) attention: Option<Vec<usize>>,
+    /// Dropout in residual blocks (overrides the preset).
+    #[arg(long)]
+    pub(crate) dropout: Option<f64>,
+    /// GroupNorm groups (overrides the preset).
+    #[arg(long)]
+    pub(crate) groups: Option<usize>,
+    #[command(flatten)]
+    pub(crate) diffusion: DiffusionArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Stop after this many steps in total.
+    #[arg(long)]
+    pub(crate) steps: Option<u64>,
+    /// Stop after this many minutes of training in total (wall clock).
+    #[arg(long)]
+    pub(crate) minutes: Option<f64>,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub(crate) lr: f64,
+    /// Linear learning-rate warm-up steps (the paper: 5000; shorter for short runs).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) warmup: u64,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) grad_clip: f64,
+    /// EMA decay of the weights used for sampling. The paper's 0.9999 averages over ~10k
+    /// steps: for runs under ~50k steps use 0.999 (or 0.995 for a few thousand steps).
+    #[arg(long, default_value_t = 0.9999)]
+    pub(crate) ema_decay: f64,
+    /// Random horizontal flips (right for CIFAR-10 and photos, wrong for digits and text).
+    #[arg(long)]
+    pub(crate) hflip: bool,
+    /// Seed for initialisation, batches, t, ε and previews.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Preview grid (EMA weights, 50 DDIM steps) every N steps.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) sample_every: u64,
+    /// Checkpoint every N steps (also every 10 minutes and at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) checkpoint_every: u64,
+    /// Images in each preview grid.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) preview_count: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+}
+
+pub(crate) fn model_config(a: &TrainArgs) -> Result<UNetConfig> {
+    let mut m = UNetConfig::preset(&a.preset)
+        .with_context(|| format!("unknown preset `{}` (small28, cifar10, tiny)", a.preset))?;
+    if let Some(s) = a.image_size {
+        if s != m.image_size && a.attention.is_none() {
+            // Keep attention at the same level of the network.
+            let lvl = m.level_sizes();
+            let levels: Vec<usize> = m
+                .attention_resolutions
+                .iter()
+                .filter_map(|r| lvl.iter().position(|x| x == r))
+                .collect();
+            m.image_size = s;
+            let lvl = m.level_sizes();
+            m.attention_resolutions = levels.iter().map(|&l| lvl[l]).collect();
+        }
+        m.image_size = s;
+    }
+    if let Some(c) = a.channels {
+        m.in_channels = c;
+    }
+    if let Some(c) = a.base_channels {
+        m.base_channels = c;
+    }
+    if let Some(c) = &a.channel_mult {
+        m.channel_mult = c.clone();
+    }
+    if let Some(r) = a.res_blocks {
+        m.num_res_blocks = r;
+    }
+    if let Some(r) = &a.attention {
+        m.attention_resolutions = r.clone();
+    }
+    if let Some(d) = a.dropout {
+        m.dropout = d;
+    }
+    if let Some(g) = a.groups {
+        m.norm_groups = g;
+    }
+    m.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+    Ok(m)
+}
+
+pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
+    let mut trainer = if let Some(run) = &a.resume {
+        Trainer::resume(run, device, |tc| tc.set_budget(a.steps, a.minutes))?
+    } else {
+        let run = a.run.clone().unwrap();
+        if a.steps.is_none() && a.minutes.is_none() {
+            bail!("give a budget: --steps N and/or --minutes M");
+        }
+        let mut model = model_config(&a)?;
+        // Match the data's channels when the user did not say otherwise.
+        if a.channels.is_none() {
+            let probe = data::open(&a.data, Split::Train, Some(model.image_size))?;
+            model.in_channels = probe.channels;
+        }
+        let config = RunConfig {
+            model,
+            diffusion: a.diffusion.config()?,
+            train: TrainConfig {
+                data: a.data.clone(),
+                batch_size: a.batch_size,
+                max_steps: a.steps,
+                max_minutes: a.minutes,
+                hflip: a.hflip,
+                seed: a.seed,
+                optim: ddpm::train::OptimConfig {
+                    lr: a.lr,
+                    warmup_steps: a.warmup,
+                    grad_clip: a.grad_clip,
+                    ema_decay: a.ema_decay,
+                    ..Default::default()
+                },
+                sample_every: a.sample_every,
+                checkpoint_every: a.checkpoint_every,
+                preview_count: a.preview_count,
+                ..Default::default()
+            },
+        };
+        Trainer::create(&run, config, device)?
+    };
+    trainer.progress = !a.quiet;
+    let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
+    println!(
+        "run {}: {} parameters, data {} ({} images {}×{}×{}), from step {}",
+        trainer.run.display(),
+        n_params,
+        trainer.config.train.data,
+        trainer.data.len(),
+        trainer.data.channels,
+        trainer.data.height,
+        trainer.data.width,
+        trainer.state.step
+    );
+    let s = trainer.train()?;
+    println!(
+        "done: step {}, loss {:.4}, {:.1} min of training\ncheckpoint: {}",
+        s.step,
+        s.loss,
+        s.wall_seconds / 60.0,
+        s.checkpoint.display()
+    );
+    if let Some(p) = s.preview {
+        println!("preview:    {}", p.display());
+    }
+    Ok(())
+}
