@@ -7,9 +7,12 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-/// Every tensor of a safetensors file as (name, shape, f32 values), in file order. Integer and
+/// A named host tensor: (name, shape, row-major f32 values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Every tensor of a safetensors file as (name, shape, f32 values), sorted by name. Integer and
 /// other float types are converted to f32.
-pub fn read_f32_tensors(path: &Path) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn read_f32_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;

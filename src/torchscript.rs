@@ -405,7 +405,7 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
 
 /// Every float tensor of a TorchScript (or `torch.save` ZIP) archive as (name, shape, values),
 /// sorted by name.
-pub fn read_torchscript_tensors(path: &Path) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn read_torchscript_tensors(path: &Path) -> Result<Vec<crate::tensorfile::NamedTensor>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let entries = read_zip(path, &bytes)?;
     let pkl_name = entries

@@ -101,13 +101,14 @@ pub(crate) fn sample_images(
             &opts,
             |k, out| {
                 pb.inc(1);
-                if first && (k % every == 0 || k + 1 == steps) {
-                    if let Some(frames) = chain.as_deref_mut() {
-                        let (px, dims) = ddpm::image::tensor_to_u8(out.prev.clone());
-                        let ncol = (dims[0] as f64).sqrt().ceil() as usize;
-                        let g = ddpm::image::grid(&px, dims, ncol);
-                        frames.push(ddpm::image::upscale(&g, ddpm::image::auto_zoom(&g)));
-                    }
+                if first
+                    && (k % every == 0 || k + 1 == steps)
+                    && let Some(frames) = chain.as_deref_mut()
+                {
+                    let (px, dims) = ddpm::image::tensor_to_u8(out.prev.clone());
+                    let ncol = (dims[0] as f64).sqrt().ceil() as usize;
+                    let g = ddpm::image::grid(&px, dims, ncol);
+                    frames.push(ddpm::image::upscale(&g, ddpm::image::auto_zoom(&g)));
                 }
             },
         );

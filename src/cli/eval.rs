@@ -211,7 +211,7 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
         );
         t_sample += ts.elapsed().as_secs_f64();
         if first.is_none() {
-            first = Some(x.clone().slice([0..b.min(64)]));
+            first = Some(x.clone().narrow(0, 0, b.min(64)));
         }
         let (px, dims) = ddpm::image::tensor_to_u8(x);
         let tf = Instant::now();

@@ -77,16 +77,15 @@ pub(crate) fn dataset_features(
     let cache = cache_dir()
         .join("fid-features")
         .join(format!("{key}.safetensors"));
-    if let Ok(t) = ddpm::tensorfile::read_f32_tensors(&cache) {
-        if let Some((_, s, v)) = t.into_iter().find(|(k, _, _)| k == "features") {
-            if s == vec![n, FEATURE_DIM] {
-                println!(
-                    "{spec} ({split:?}, {n} images): cached features {}",
-                    cache.display()
-                );
-                return Ok(v);
-            }
-        }
+    if let Ok(t) = ddpm::tensorfile::read_f32_tensors(&cache)
+        && let Some((_, s, v)) = t.into_iter().find(|(k, _, _)| k == "features")
+        && s == vec![n, FEATURE_DIM]
+    {
+        println!(
+            "{spec} ({split:?}, {n} images): cached features {}",
+            cache.display()
+        );
+        return Ok(v);
     }
     let pixels: Vec<u8> = (0..n)
         .flat_map(|k| set.image(k * set.len() / n).to_vec())

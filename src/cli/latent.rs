@@ -204,7 +204,11 @@ pub(crate) fn cmd_interpolate(a: InterpolateArgs, device: &Device) -> Result<()>
         ddpm::sampling::sample_loop(&diffusion, &sampler, &model, z, &mut noise, |_, _| {});
     // Strip: originals at both ends, decoded path between.
     let strip = Tensor::cat(
-        vec![x0.clone().slice([0..1]), frames.clone(), x0.slice([1..2])],
+        vec![
+            x0.clone().narrow(0, 0, 1),
+            frames.clone(),
+            x0.narrow(0, 1, 1),
+        ],
         0,
     );
     ddpm::image::save_grid(strip, k + 2, &a.out)?;

@@ -26,7 +26,7 @@ pub fn parse_batch(path: &Path, bytes: &[u8], set: &mut ImageSet) -> Result<(), 
     if bytes.is_empty() {
         return Err(DataError::corrupt(path, "empty file"));
     }
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::corrupt(
             path,
             format!(

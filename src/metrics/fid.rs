@@ -257,6 +257,7 @@ fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Runs the protocol over N CHW uint8 images in batches: preprocessing, the network, features.
 /// `on_batch(done)` reports progress.
 pub fn extract_features(

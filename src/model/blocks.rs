@@ -85,7 +85,7 @@ impl GroupNorm {
     /// γ = 1, β = 0.
     pub fn new(num_groups: usize, channels: usize, eps: f64, device: &Device) -> Self {
         assert!(
-            channels % num_groups == 0,
+            channels.is_multiple_of(num_groups),
             "GroupNorm: {channels} channels do not split into {num_groups} groups"
         );
         GroupNorm {

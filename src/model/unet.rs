@@ -133,7 +133,7 @@ impl UNetConfig {
             }
         }
         for &m in &self.channel_mult {
-            if (self.base_channels * m) % self.norm_groups != 0 {
+            if !(self.base_channels * m).is_multiple_of(self.norm_groups) {
                 return Err(format!(
                     "{} channels are not divisible by {} GroupNorm groups",
                     self.base_channels * m,

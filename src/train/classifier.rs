@@ -302,7 +302,7 @@ impl ClassifierTrainer {
             self.meta.images_seen += tc.batch_size as u64;
             self.meta.loss = value;
             let n = self.state.step;
-            if n % tc.log_every.max(1) == 0 {
+            if n.is_multiple_of(tc.log_every.max(1)) {
                 writeln!(
                     log,
                     "{n},{:.5},{:.4},{:.4},{:.4},{:.4},{:.4},{:.3e},{:.1}",
@@ -329,7 +329,7 @@ impl ClassifierTrainer {
             if let Some(pb) = &bar {
                 pb.set_position(n);
             }
-            if tc.checkpoint_every > 0 && n % tc.checkpoint_every == 0 {
+            if tc.checkpoint_every > 0 && n.is_multiple_of(tc.checkpoint_every) {
                 self.meta.step = n;
                 last = Some(save_checkpoint(
                     &self.run,

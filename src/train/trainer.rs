@@ -422,7 +422,7 @@ impl Trainer {
             self.meta.wall_seconds = wall0 + start.elapsed().as_secs_f64();
             self.meta.loss = smoothed;
             let n = self.state.step;
-            if n % tc.log_every.max(1) == 0 {
+            if n.is_multiple_of(tc.log_every.max(1)) {
                 let dt = last_log_t.elapsed().as_secs_f64();
                 let ips = (n - last_log_step) as f64 * tc.batch_size as f64 / dt.max(1e-9);
                 writeln!(
@@ -440,13 +440,13 @@ impl Trainer {
             if let Some(pb) = &bar {
                 pb.set_position(n);
             }
-            if tc.checkpoint_every > 0 && n % tc.checkpoint_every == 0
+            if tc.checkpoint_every > 0 && n.is_multiple_of(tc.checkpoint_every)
                 || last_save.elapsed().as_secs_f64() > tc.checkpoint_minutes * 60.0
             {
                 checkpoint = Some(self.save()?);
                 last_save = Instant::now();
             }
-            if tc.sample_every > 0 && n % tc.sample_every == 0 {
+            if tc.sample_every > 0 && n.is_multiple_of(tc.sample_every) {
                 preview = Some(self.preview()?);
             }
         }
