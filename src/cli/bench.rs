@@ -13,9 +13,38 @@ pub(crate) struct BenchArgs {
     /// Timed iterations per measurement (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub(crate) iters: usize,
+    /// Measure the FID Inception network instead (images/s at 299×299, batch --batch-size).
+    #[arg(long)]
+    pub(crate) inception: bool,
+    /// The FID weights for --inception (default: as `ddpm fid` finds them).
+    #[arg(long)]
+    pub(crate) inception_weights: Option<PathBuf>,
+}
+
+/// Images/s of the FID network on random inputs.
+fn bench_inception(a: &BenchArgs, device: &Device) -> Result<()> {
+    let net = FidInception::load(&locate_weights(a.inception_weights.as_deref())?, device)?;
+    let mut noise = NoiseSource::new(0);
+    let x = noise.normal([a.batch_size, 3, 299, 299], device).clamp(-1.0, 1.0);
+    let _ = net.forward(x.clone()).into_data();
+    let t0 = Instant::now();
+    for _ in 0..a.iters {
+        let _ = net.forward(x.clone()).into_data();
+    }
+    let ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "FID Inception: {ips:.1} images/s (batch {}, {} threads); 10k images ≈ {:.0} min",
+        a.batch_size,
+        rayon::current_num_threads(),
+        10_000.0 / ips / 60.0
+    );
+    Ok(())
 }
 
 pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
+    if a.inception {
+        return bench_inception(&a, device);
+    }
     let m =
         UNetConfig::preset(&a.preset).with_context(|| format!("unknown preset `{}`", a.preset))?;
     let threads = rayon::current_num_threads();
