@@ -25,7 +25,9 @@ pub(crate) struct BenchArgs {
 fn bench_inception(a: &BenchArgs, device: &Device) -> Result<()> {
     let net = FidInception::load(&locate_weights(a.inception_weights.as_deref())?, device)?;
     let mut noise = NoiseSource::new(0);
-    let x = noise.normal([a.batch_size, 3, 299, 299], device).clamp(-1.0, 1.0);
+    let x = noise
+        .normal([a.batch_size, 3, 299, 299], device)
+        .clamp(-1.0, 1.0);
     let _ = net.forward(x.clone()).into_data();
     let t0 = Instant::now();
     for _ in 0..a.iters {
