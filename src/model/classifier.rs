@@ -8,8 +8,8 @@ use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{GroupNorm, linear, timestep_embedding};
-use super::unet::{DownBlock, Encoder, MidBlock, TimestepEmbedding, UNetConfig};
+use super::blocks::{GroupNorm, linear};
+use super::unet::{DownBlock, Encoder, MidBlock, TimestepEmbedding, UNetConfig, encode};
 use crate::sampling::ClassifierGrad;
 
 /// Architecture of the classifier: an encoder like the U-Net's plus the number of classes.
@@ -66,28 +66,18 @@ pub struct NoisyClassifier {
 impl NoisyClassifier {
     /// Logits [B, K] for x_t at timestep indices `t`.
     pub fn forward(&self, x: Tensor<4>, t: &[f32], train: bool) -> Tensor<2> {
-        let device = x.device();
-        let emb = timestep_embedding(t, self.base_channels, &device);
-        let emb = self
+        let temb = self
             .time_embedding
-            .linear_2
-            .forward(silu(self.time_embedding.linear_1.forward(emb)));
-        let temb = silu(emb);
-        let mut h = self.conv_in.forward(x);
-        for block in &self.down_blocks {
-            for (j, res) in block.resnets.iter().enumerate() {
-                h = res.forward(h, temb.clone(), train);
-                if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(h);
-                }
-            }
-            for down in &block.downsamplers {
-                h = down.forward(h);
-            }
-        }
-        h = self.mid_block.resnets[0].forward(h, temb.clone(), train);
-        h = self.mid_block.attentions[0].forward(h);
-        h = self.mid_block.resnets[1].forward(h, temb, train);
+            .embed(t, self.base_channels, &x.device());
+        let h = encode(
+            &self.conv_in,
+            &self.down_blocks,
+            &self.mid_block,
+            x,
+            &temb,
+            train,
+            None,
+        );
         let [b, c, _, _] = h.dims();
         let pooled = silu(self.out_norm.forward(h))
             .mean_dim(3)

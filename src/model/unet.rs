@@ -315,6 +315,51 @@ pub struct TimestepEmbedding {
     pub linear_2: Linear,
 }
 
+impl TimestepEmbedding {
+    /// SiLU(MLP(sinusoidal(t))): every residual block applies SiLU to the embedding first, so
+    /// it is done once here.
+    pub fn embed(&self, t: &[f32], base_channels: usize, device: &Device) -> Tensor<2> {
+        let emb = timestep_embedding(t, base_channels, device);
+        silu(self.linear_2.forward(silu(self.linear_1.forward(emb))))
+    }
+}
+
+/// The down path shared by the U-Net and the classifier: conv_in → down blocks → bottleneck.
+/// With `skips`, every activation the U-Net's way up concatenates is recorded there.
+pub fn encode(
+    conv_in: &Conv2d,
+    down_blocks: &[DownBlock],
+    mid_block: &MidBlock,
+    x: Tensor<4>,
+    temb: &Tensor<2>,
+    train: bool,
+    mut skips: Option<&mut Vec<Tensor<4>>>,
+) -> Tensor<4> {
+    let mut h = conv_in.forward(x);
+    let mut keep = |h: &Tensor<4>| {
+        if let Some(s) = skips.as_deref_mut() {
+            s.push(h.clone());
+        }
+    };
+    keep(&h);
+    for block in down_blocks {
+        for (j, res) in block.resnets.iter().enumerate() {
+            h = res.forward(h, temb.clone(), train);
+            if let Some(attn) = block.attentions.get(j) {
+                h = attn.forward(h);
+            }
+            keep(&h);
+        }
+        for down in &block.downsamplers {
+            h = down.forward(h);
+            keep(&h);
+        }
+    }
+    h = mid_block.resnets[0].forward(h, temb.clone(), train);
+    h = mid_block.attentions[0].forward(h);
+    mid_block.resnets[1].forward(h, temb.clone(), train)
+}
+
 /// One resolution level on the way down.
 #[derive(Module, Debug)]
 pub struct DownBlock {
@@ -371,34 +416,19 @@ impl UNet {
     /// ε_θ(x, t) with `t` the timestep index fed to the sinusoidal embedding; `train` enables
     /// dropout.
     pub fn forward(&self, x: Tensor<4>, t: &[f32], train: bool) -> Tensor<4> {
-        let device = x.device();
-        let emb = timestep_embedding(t, self.base_channels, &device);
-        let emb = self
+        let temb = self
             .time_embedding
-            .linear_2
-            .forward(silu(self.time_embedding.linear_1.forward(emb)));
-        // Every residual block applies SiLU to the embedding first; do it once.
-        let temb = silu(emb);
-
-        let mut h = self.conv_in.forward(x);
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            for (j, res) in block.resnets.iter().enumerate() {
-                h = res.forward(h, temb.clone(), train);
-                if let Some(attn) = block.attentions.get(j) {
-                    h = attn.forward(h);
-                }
-                skips.push(h.clone());
-            }
-            for down in &block.downsamplers {
-                h = down.forward(h);
-                skips.push(h.clone());
-            }
-        }
-
-        h = self.mid_block.resnets[0].forward(h, temb.clone(), train);
-        h = self.mid_block.attentions[0].forward(h);
-        h = self.mid_block.resnets[1].forward(h, temb.clone(), train);
+            .embed(t, self.base_channels, &x.device());
+        let mut skips = Vec::new();
+        let mut h = encode(
+            &self.conv_in,
+            &self.down_blocks,
+            &self.mid_block,
+            x,
+            &temb,
+            train,
+            Some(&mut skips),
+        );
 
         for block in &self.up_blocks {
             for (j, res) in block.resnets.iter().enumerate() {
