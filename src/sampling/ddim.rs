@@ -16,7 +16,9 @@ pub enum Spacing {
     Quadratic,
 }
 
-/// `n` distinct decreasing timestep indices from T−1 to 0.
+/// `n` distinct decreasing timestep indices from T−1 to 0 (n ≤ T). Where rounding would repeat
+/// an index (quadratic spacing crowds t ≈ 0), the next free index is taken instead, so `--steps
+/// 50` always means 50 network calls.
 pub fn timestep_subsequence(num_timesteps: usize, n: usize, spacing: Spacing) -> Vec<usize> {
     let n = n.clamp(1, num_timesteps);
     let last = (num_timesteps - 1) as f64;
@@ -34,7 +36,13 @@ pub fn timestep_subsequence(num_timesteps: usize, n: usize, spacing: Spacing) ->
             x.round() as usize
         })
         .collect();
-    v.dedup();
+    for k in 1..n {
+        v[k] = v[k].max(v[k - 1] + 1);
+    }
+    // Crowding is at the start, so the pass cannot push the end past T−1 for n ≤ T; guard anyway.
+    if v[n - 1] > num_timesteps - 1 {
+        return timestep_subsequence(num_timesteps, n, Spacing::Linear);
+    }
     v.reverse();
     v
 }
@@ -162,4 +170,31 @@ pub fn slerp(a: &[f32], b: &[f32], frac: f64) -> Vec<f32> {
         .zip(b)
         .map(|(x, y)| (wa * *x as f64 + wb * *y as f64) as f32)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsequences_have_exactly_n_distinct_steps_from_t_minus_1_to_0() {
+        for spacing in [Spacing::Linear, Spacing::Quadratic] {
+            for n in [1usize, 2, 10, 20, 50, 100, 999, 1000] {
+                let ts = timestep_subsequence(1000, n, spacing);
+                assert_eq!(ts.len(), n, "{spacing:?} {n}");
+                assert!(
+                    ts.windows(2).all(|w| w[0] > w[1]),
+                    "{spacing:?} {n}: not decreasing"
+                );
+                assert_eq!(*ts.last().unwrap(), 0);
+                if n > 1 {
+                    assert_eq!(ts[0], 999);
+                }
+            }
+        }
+        // Quadratic spacing is denser near t = 0 than linear.
+        let q = timestep_subsequence(1000, 50, Spacing::Quadratic);
+        let l = timestep_subsequence(1000, 50, Spacing::Linear);
+        assert!(q[48] < l[48]);
+    }
 }
