@@ -106,10 +106,13 @@ impl TrainState {
         assert_eq!(grads.len(), self.params.len());
         self.step += 1;
         let step = self.step;
-        let sq: f64 = grads
+        // Per-parameter sums in parallel, then added in parameter order: rayon's own `sum`
+        // splits adaptively, and a different addition order would break bit-exact resumption.
+        let partial: Vec<f64> = grads
             .par_iter()
             .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-            .sum();
+            .collect();
+        let sq: f64 = partial.iter().sum();
         let grad_norm = sq.sqrt();
         // torch.nn.utils.clip_grad_norm_: scale by max_norm/(norm + 1e-6) when above max_norm.
         let clip = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip {
