@@ -74,6 +74,31 @@ pub struct CheckpointMeta {
     pub loss: f64,
 }
 
+impl CheckpointMeta {
+    /// The state of a run that has not taken a step.
+    pub fn fresh() -> Self {
+        CheckpointMeta {
+            step: 0,
+            wall_seconds: 0.0,
+            images_seen: 0,
+            loss: f64::NAN,
+        }
+    }
+}
+
+/// A step progress bar for a training loop (`label` names the loop), starting at `step`.
+pub fn step_progress_bar(label: &str, target: u64, step: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(if target == u64::MAX { 0 } else { target });
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {label} [{{elapsed_precise}} < {{eta_precise}}] {{bar:30}} step {{pos}}/{{len}} {{msg}}"
+        ))
+        .unwrap(),
+    );
+    pb.set_position(step);
+    pb
+}
+
 /// Folder name of the checkpoint at `step`.
 pub fn checkpoint_name(step: u64) -> String {
     format!("step-{step:07}")

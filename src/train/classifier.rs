@@ -176,12 +176,7 @@ impl ClassifierTrainer {
             state: TrainState::new(values),
             device: device.clone(),
             layout,
-            meta: CheckpointMeta {
-                step: 0,
-                wall_seconds: 0.0,
-                images_seen: 0,
-                loss: f64::NAN,
-            },
+            meta: CheckpointMeta::fresh(),
             progress: false,
         })
     }
@@ -238,17 +233,9 @@ impl ClassifierTrainer {
         let wall0 = self.meta.wall_seconds;
         let target = tc.max_steps.unwrap_or(u64::MAX);
         let budget = tc.max_minutes.map(|m| m * 60.0);
-        let bar = self.progress.then(|| {
-            let pb = indicatif::ProgressBar::new(if target == u64::MAX { 0 } else { target });
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} classifier [{elapsed_precise} < {eta_precise}] {bar:30} step {pos}/{len} {msg}",
-                )
-                .unwrap(),
-            );
-            pb.set_position(self.state.step);
-            pb
-        });
+        let bar = self
+            .progress
+            .then(|| super::checkpoint::step_progress_bar("classifier", target, self.state.step));
         let mut log = fs::OpenOptions::new()
             .append(true)
             .create(true)

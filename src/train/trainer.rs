@@ -231,12 +231,7 @@ impl Trainer {
             state: TrainState::new(values),
             device: device.clone(),
             layout,
-            meta: CheckpointMeta {
-                step: 0,
-                wall_seconds: 0.0,
-                images_seen: 0,
-                loss: f64::NAN,
-            },
+            meta: CheckpointMeta::fresh(),
             progress: false,
         })
     }
@@ -379,18 +374,9 @@ impl Trainer {
         let step0 = self.state.step;
         let target = tc.max_steps.unwrap_or(u64::MAX);
         let time_budget = tc.max_minutes.map(|m| m * 60.0);
-        let bar = self.progress.then(|| {
-            let len = if target == u64::MAX { 0 } else { target };
-            let pb = indicatif::ProgressBar::new(len);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} train [{elapsed_precise} < {eta_precise}] {bar:30} step {pos}/{len} {msg}",
-                )
-                .unwrap(),
-            );
-            pb.set_position(step0);
-            pb
-        });
+        let bar = self
+            .progress
+            .then(|| super::checkpoint::step_progress_bar("train", target, step0));
         let mut log = fs::OpenOptions::new()
             .append(true)
             .create(true)
