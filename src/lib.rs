@@ -34,6 +34,7 @@
 pub mod data;
 pub mod diffusion;
 pub mod image;
+pub mod kernels;
 pub mod likelihood;
 pub mod metrics;
 pub mod model;

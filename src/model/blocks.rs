@@ -7,7 +7,7 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Sinusoidal timestep embedding of the reference code (Vaswani et al. 2017 as used by
@@ -98,14 +98,23 @@ impl GroupNorm {
 
     /// Normalises each (sample, group) to zero mean and unit (biased) variance, then applies γ, β.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let g = self.num_groups;
-        let xg = x.reshape([b, g, (c / g) * h * w]);
-        let mean = xg.clone().mean_dim(2);
-        let centred = xg - mean;
-        let var = centred.clone().square().mean_dim(2);
-        let normed = (centred / (var + self.eps).sqrt()).reshape([b, c, h, w]);
-        normed * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
+        self.forward_act(x, false)
+    }
+
+    /// `silu(self.forward(x))`, fused on the CPU.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: Tensor<4>, silu: bool) -> Tensor<4> {
+        crate::kernels::group_norm(
+            x,
+            self.weight.val(),
+            self.bias.val(),
+            self.num_groups,
+            self.eps,
+            silu,
+        )
     }
 }
 
@@ -156,16 +165,16 @@ impl ResBlock {
     /// `x + conv2(drop(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb))))))`.
     /// `temb_act` is SiLU(temb), shared by every block.
     pub fn forward(&self, x: Tensor<4>, temb_act: Tensor<2>, train: bool) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = crate::kernels::conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
         let [b, c, _, _] = h.dims();
         let h = h + self.time_emb_proj.forward(temb_act).reshape([b, c, 1, 1]);
-        let mut h = silu(self.norm2.forward(h));
+        let mut h = self.norm2.forward_silu(h);
         if train && self.dropout > 0.0 {
             h = dropout(h, self.dropout);
         }
-        let h = self.conv2.forward(h);
+        let h = crate::kernels::conv2d(&self.conv2, h);
         let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => crate::kernels::conv2d(conv, x),
             None => x,
         };
         skip + h
@@ -258,7 +267,7 @@ impl Downsample {
 
     /// [B,C,H,W] → [B,C,⌈H/2⌉,⌈W/2⌉].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        crate::kernels::conv2d(&self.conv, x)
     }
 }
 
@@ -287,7 +296,7 @@ impl Upsample {
 
     /// [B,C,H,W] → [B,C,2H,2W].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(upsample_nearest2x(x))
+        crate::kernels::conv2d(&self.conv, upsample_nearest2x(x))
     }
 }
 

@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +79,9 @@ impl NoisyClassifier {
             None,
         );
         let [b, c, _, _] = h.dims();
-        let pooled = silu(self.out_norm.forward(h))
+        let pooled = self
+            .out_norm
+            .forward_silu(h)
             .mean_dim(3)
             .mean_dim(2)
             .reshape([b, c]);

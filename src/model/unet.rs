@@ -335,7 +335,7 @@ pub fn encode(
     train: bool,
     mut skips: Option<&mut Vec<Tensor<4>>>,
 ) -> Tensor<4> {
-    let mut h = conv_in.forward(x);
+    let mut h = crate::kernels::conv2d(conv_in, x);
     let mut keep = |h: &Tensor<4>| {
         if let Some(s) = skips.as_deref_mut() {
             s.push(h.clone());
@@ -443,7 +443,7 @@ impl UNet {
             }
         }
 
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        crate::kernels::conv2d(&self.conv_out, self.conv_norm_out.forward_silu(h))
     }
 }
 

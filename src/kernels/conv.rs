@@ -1,0 +1,744 @@
+//! 2-D convolution (square kernel, groups 1, dilation 1) as im2col + one GEMM per image, with
+//! its backward pass as two more GEMMs per image.
+//!
+//! Why not burn-flex's own convolution: its forward transposes the input to NHWC on one thread
+//! and scatters the GEMM result back with strided writes; its input gradient goes through a
+//! scalar transposed convolution and its weight gradient through a convolution whose "kernel"
+//! is the whole batch of images (a GEMM with n = 9). Here all three products are plain GEMMs
+//! over the same `col` matrix of patches:
+//!
+//! - forward: `y_b = W · col(x_b) + bias`, `W` read as `[C_out, C_in·k·k]` exactly as stored;
+//! - input gradient: `dx_b = col2im(Wᵀ · dy_b)`;
+//! - weight gradient: `dW = Σ_b dy_b · col(x_b)ᵀ`, summed over fixed chunks of the batch in a
+//!   fixed order, so the result does not depend on how many threads ran it.
+
+use super::simd::multiversion;
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// The shape of one convolution: NCHW input, `[C_out, C_in, k, k]` weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel size (k × k).
+    pub k: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding: top, left, bottom, right.
+    pub pad: [usize; 4],
+}
+
+/// Images per partial weight gradient. Fixed (not derived from the thread count) so that the
+/// order of the floating-point sum, and with it every bit of the result, never depends on the
+/// machine's parallelism.
+const WEIGHT_GRAD_CHUNK: usize = 2;
+
+impl ConvGeom {
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.h + self.pad[0] + self.pad[2] - self.k) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.w + self.pad[1] + self.pad[3] - self.k) / self.stride + 1
+    }
+
+    /// Rows of the patch matrix: C_in·k·k.
+    fn col_rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// Output pixels per channel.
+    fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// A 1×1, stride-1, unpadded convolution: the patch matrix is the image itself.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == [0; 4]
+    }
+
+    /// Stride-1 convolutions use the "wide" layout: the input is zero-padded once to
+    /// Hp × Wp planes, each patch row is then one contiguous slice of them, and the GEMM
+    /// computes out_h × Wp outputs of which the last Wp − out_w per row are discarded.
+    fn is_wide(&self) -> bool {
+        self.stride == 1 && !self.is_pointwise()
+    }
+
+    fn padded_w(&self) -> usize {
+        self.w + self.pad[1] + self.pad[3]
+    }
+
+    fn padded_plane(&self) -> usize {
+        (self.h + self.pad[0] + self.pad[2]) * self.padded_w()
+    }
+
+    /// Columns of the GEMMs: out_h·Wp in the wide layout, out_h·out_w otherwise.
+    fn gemm_n(&self) -> usize {
+        if self.is_wide() {
+            self.out_h() * self.padded_w()
+        } else {
+            self.out_pixels()
+        }
+    }
+
+    /// The padded planes plus k slack values: the last patch rows run past the last plane
+    /// into the discarded columns.
+    fn padded_len(&self) -> usize {
+        self.c_in * self.padded_plane() + self.k
+    }
+
+    /// The output `[B, C_out, out_h, out_w]`.
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.batch, self.c_out, self.out_h(), self.out_w()]
+    }
+
+    /// Run images one per task when there are enough of them to keep every thread busy;
+    /// otherwise let the GEMM itself spread over the threads.
+    fn image_parallel(&self) -> bool {
+        self.batch >= rayon::current_num_threads()
+    }
+
+    /// For each output column `ox` along a row, the input column is `ox·s + kx − pad_left`;
+    /// returns the half-open range of `ox` for which it lies inside the image.
+    fn valid_ox(&self, kx: usize) -> (usize, usize) {
+        let (s, pl, ow) = (self.stride, self.pad[1] as isize, self.out_w());
+        let first = (pl - kx as isize).max(0) as usize;
+        let lo = first.div_ceil(s).min(ow);
+        let end = self.w as isize + pl - kx as isize; // ox·s < end
+        let hi = if end <= 0 {
+            0
+        } else {
+            ((end as usize).div_ceil(s)).min(ow)
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+multiversion! {
+/// Fills `col` (`[C_in·k·k, out_h·out_w]`, row `(ci, ky, kx)`) with the patches of one image.
+fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
+    let (k, s) = (g.k, g.stride);
+    let (oh, ow, p) = (g.out_h(), g.out_w(), g.out_pixels());
+    for ci in 0..g.c_in {
+        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((ci * k + ky) * k + kx) * p..][..p];
+                let (lo, hi) = g.valid_ox(kx);
+                for oy in 0..oh {
+                    let dst = &mut row[oy * ow..][..ow];
+                    let iy = (oy * s + ky) as isize - g.pad[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..][..g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    let ix0 = lo * s + kx - g.pad[1];
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (j, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = src[ix0 + j * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+}
+
+multiversion! {
+/// The adjoint of [`im2col`]: adds every patch entry back onto the pixel it came from.
+/// `dx` must be zeroed by the caller.
+fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
+    let (k, s) = (g.k, g.stride);
+    let (oh, ow, p) = (g.out_h(), g.out_w(), g.out_pixels());
+    for ci in 0..g.c_in {
+        let plane = &mut dx[ci * g.h * g.w..][..g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((ci * k + ky) * k + kx) * p..][..p];
+                let (lo, hi) = g.valid_ox(kx);
+                if lo >= hi {
+                    continue;
+                }
+                for oy in 0..oh {
+                    let iy = (oy * s + ky) as isize - g.pad[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &row[oy * ow..][lo..hi];
+                    let dst = &mut plane[iy as usize * g.w..][..g.w];
+                    let ix0 = lo * s + kx - g.pad[1];
+                    if s == 1 {
+                        for (d, v) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (j, v) in src.iter().enumerate() {
+                            dst[ix0 + j * s] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+}
+
+multiversion! {
+/// Copies one image into zero-padded Hp × Wp planes (`pad` has [`ConvGeom::padded_len`]).
+fn pad_image(g: &ConvGeom, x: &[f32], pad: &mut [f32]) {
+    let (wp, plane) = (g.padded_w(), g.padded_plane());
+    pad.fill(0.0);
+    for ci in 0..g.c_in {
+        for iy in 0..g.h {
+            let dst = &mut pad[ci * plane + (iy + g.pad[0]) * wp + g.pad[1]..][..g.w];
+            dst.copy_from_slice(&x[(ci * g.h + iy) * g.w..][..g.w]);
+        }
+    }
+}
+}
+
+/// The patch matrix of the wide layout: row (ci, ky, kx) is the padded plane ci read from
+/// offset ky·Wp + kx.
+fn wide_im2col(g: &ConvGeom, pad: &[f32], col: &mut [f32]) {
+    let (k, wp, plane, n) = (g.k, g.padded_w(), g.padded_plane(), g.gemm_n());
+    for ci in 0..g.c_in {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = (ci * k + ky) * k + kx;
+                col[row * n..][..n].copy_from_slice(&pad[ci * plane + ky * wp + kx..][..n]);
+            }
+        }
+    }
+}
+
+multiversion! {
+/// The adjoint of [`wide_im2col`] into padded planes (zeroed by the caller).
+fn wide_col2im(g: &ConvGeom, col: &[f32], pad: &mut [f32]) {
+    let (k, wp, plane, n) = (g.k, g.padded_w(), g.padded_plane(), g.gemm_n());
+    for ci in 0..g.c_in {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = (ci * k + ky) * k + kx;
+                let dst = &mut pad[ci * plane + ky * wp + kx..][..n];
+                for (d, v) in dst.iter_mut().zip(&col[row * n..][..n]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+}
+
+/// Keeps the valid out_w of every Wp-wide row: `[rows, out_h·Wp]` → `[rows, out_h, out_w]`.
+fn crop_wide(g: &ConvGeom, rows: usize, wide: &[f32], out: &mut [f32]) {
+    let (oh, ow, wp) = (g.out_h(), g.out_w(), g.padded_w());
+    for r in 0..rows {
+        for oy in 0..oh {
+            out[(r * oh + oy) * ow..][..ow].copy_from_slice(&wide[(r * oh + oy) * wp..][..ow]);
+        }
+    }
+}
+
+/// Per-thread scratch buffers.
+#[derive(Default)]
+struct Work {
+    pad: Vec<f32>,
+    col: Vec<f32>,
+    wide: Vec<f32>,
+    dcol: Vec<f32>,
+}
+
+/// The patch matrix `[C_in·k·k × gemm_n]` of one image: the image itself for 1×1
+/// convolutions, otherwise built in `pad`/`col`.
+fn patches<'a>(g: &ConvGeom, x: &'a [f32], pad: &mut Vec<f32>, col: &'a mut Vec<f32>) -> &'a [f32] {
+    if g.is_pointwise() {
+        return x;
+    }
+    col.resize(g.col_rows() * g.gemm_n(), 0.0);
+    if g.is_wide() {
+        pad.resize(g.padded_len(), 0.0);
+        pad_image(g, x, pad);
+        wide_im2col(g, pad, col);
+    } else {
+        im2col(g, x, col);
+    }
+    col
+}
+
+/// `dst[m×n] (= dst +) lhs[m×k] · rhs[k×n]`, all given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    parallel: bool,
+) {
+    // Bounds: the last element each operand's strides can reach must lie inside its slice.
+    let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    assert!(m == 0 || n == 0 || last(m, n, dst_strides) < dst.len());
+    assert!(m == 0 || k == 0 || last(m, k, lhs_strides) < lhs.len());
+    assert!(k == 0 || n == 0 || last(k, n, rhs_strides) < rhs.len());
+    let par = if parallel {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above keep every strided access inside the three slices, and `dst`
+    // is borrowed mutably so it cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `y = conv(x, weight) + bias`, NCHW; returns `[B, C_out, out_h, out_w]` flattened.
+pub fn conv2d_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.in_len(), "conv2d: input size");
+    assert_eq!(weight.len(), g.c_out * g.col_rows(), "conv2d: weight size");
+    let (p, kk) = (g.out_pixels(), g.col_rows());
+    let mut y = vec![0f32; g.batch * g.c_out * p];
+    if y.is_empty() {
+        return y;
+    }
+    let n = g.gemm_n();
+    let image = |b: usize, y_img: &mut [f32], work: &mut Work, par: bool| {
+        let x_img = &x[b * g.in_len()..][..g.in_len()];
+        let Work { pad, col, wide, .. } = work;
+        let rhs = patches(g, x_img, pad, col);
+        let dst: &mut [f32] = if g.is_wide() {
+            wide.resize(g.c_out * n, 0.0);
+            wide
+        } else {
+            y_img
+        };
+        if let Some(bias) = bias {
+            for (co, row) in dst.chunks_mut(n).enumerate() {
+                row.fill(bias[co]);
+            }
+        }
+        matmul(
+            g.c_out,
+            n,
+            kk,
+            dst,
+            (n, 1),
+            bias.is_some(),
+            weight,
+            (kk, 1),
+            rhs,
+            (n, 1),
+            par,
+        );
+        if g.is_wide() {
+            crop_wide(g, g.c_out, &work.wide, y_img);
+        }
+    };
+    if g.image_parallel() {
+        y.par_chunks_mut(g.c_out * p)
+            .enumerate()
+            .for_each_init(Work::default, |work, (b, y_img)| {
+                image(b, y_img, work, false)
+            });
+    } else {
+        let mut work = Work::default();
+        for (b, y_img) in y.chunks_mut(g.c_out * p).enumerate() {
+            image(b, y_img, &mut work, true);
+        }
+    }
+    y
+}
+
+/// Gradients of [`conv2d_forward`] with respect to the input, the weight and the bias, each
+/// computed only when asked for.
+pub struct ConvGrads {
+    /// `[B, C_in, H, W]`.
+    pub x: Option<Vec<f32>>,
+    /// `[C_out, C_in, k, k]`.
+    pub weight: Option<Vec<f32>>,
+    /// `[C_out]`.
+    pub bias: Option<Vec<f32>>,
+}
+
+/// Backward pass of [`conv2d_forward`] given `dy = ∂L/∂y`.
+pub fn conv2d_backward(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    want: [bool; 3],
+) -> ConvGrads {
+    let (p, kk) = (g.out_pixels(), g.col_rows());
+    assert_eq!(x.len(), g.batch * g.in_len(), "conv2d backward: input size");
+    assert_eq!(weight.len(), g.c_out * kk, "conv2d backward: weight size");
+    assert_eq!(
+        dy.len(),
+        g.batch * g.c_out * p,
+        "conv2d backward: grad size"
+    );
+    let [want_x, want_w, want_b] = want;
+
+    let bias = want_b.then(|| {
+        (0..g.c_out)
+            .into_par_iter()
+            .map(|co| {
+                let mut s = 0f32;
+                for b in 0..g.batch {
+                    s += dy[(b * g.c_out + co) * p..][..p].iter().sum::<f32>();
+                }
+                s
+            })
+            .collect::<Vec<f32>>()
+    });
+    if !(want_x || want_w) || g.batch == 0 {
+        return ConvGrads {
+            x: want_x.then(|| vec![0.0; x.len()]),
+            weight: want_w.then(|| vec![0.0; weight.len()]),
+            bias,
+        };
+    }
+
+    // One chunk of images: fills its slice of dx and returns its partial weight gradient.
+    let chunk = |first: usize, dx_chunk: Option<&mut [f32]>, par: bool| -> Option<Vec<f32>> {
+        let count = if let Some(d) = &dx_chunk {
+            d.len() / g.in_len()
+        } else {
+            WEIGHT_GRAD_CHUNK.min(g.batch - first)
+        };
+        let mut dw = want_w.then(|| vec![0f32; g.c_out * kk]);
+        let n = g.gemm_n();
+        let mut work = Work::default();
+        let mut dx_chunk = dx_chunk;
+        for i in 0..count {
+            let b = first + i;
+            let x_img = &x[b * g.in_len()..][..g.in_len()];
+            let dy_img = &dy[b * g.c_out * p..][..g.c_out * p];
+            let Work {
+                pad,
+                col,
+                wide,
+                dcol,
+            } = &mut work;
+            // dy on the GEMM's columns: zero in the wide layout's discarded columns.
+            let dy_g: &[f32] = if g.is_wide() {
+                wide.resize(g.c_out * n, 0.0);
+                wide.fill(0.0);
+                let (oh, ow, wp) = (g.out_h(), g.out_w(), g.padded_w());
+                for r in 0..g.c_out * oh {
+                    wide[r * wp..][..ow].copy_from_slice(&dy_img[r * ow..][..ow]);
+                }
+                wide
+            } else {
+                dy_img
+            };
+            if let Some(dw) = dw.as_mut() {
+                let cols = patches(g, x_img, pad, col);
+                // dW += dy_b [C_out × n] · col_bᵀ [n × C_in·k·k]
+                matmul(
+                    g.c_out,
+                    kk,
+                    n,
+                    dw,
+                    (kk, 1),
+                    true,
+                    dy_g,
+                    (n, 1),
+                    cols,
+                    (1, n),
+                    par,
+                );
+            }
+            if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+                let dx_img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
+                // dcol = Wᵀ [C_in·k·k × C_out] · dy_b [C_out × n]
+                let dst: &mut [f32] = if g.is_pointwise() {
+                    dx_img
+                } else {
+                    dcol.resize(kk * n, 0.0);
+                    dcol
+                };
+                matmul(
+                    kk,
+                    n,
+                    g.c_out,
+                    dst,
+                    (n, 1),
+                    false,
+                    weight,
+                    (1, kk),
+                    dy_g,
+                    (n, 1),
+                    par,
+                );
+                if g.is_wide() {
+                    pad.resize(g.padded_len(), 0.0);
+                    pad.fill(0.0);
+                    wide_col2im(g, dcol, pad);
+                    let (wp, plane) = (g.padded_w(), g.padded_plane());
+                    for ci in 0..g.c_in {
+                        for iy in 0..g.h {
+                            dx_img[(ci * g.h + iy) * g.w..][..g.w].copy_from_slice(
+                                &pad[ci * plane + (iy + g.pad[0]) * wp + g.pad[1]..][..g.w],
+                            );
+                        }
+                    }
+                } else if !g.is_pointwise() {
+                    dx_img.fill(0.0);
+                    col2im(g, dcol, dx_img);
+                }
+            }
+        }
+        dw
+    };
+
+    let starts: Vec<usize> = (0..g.batch).step_by(WEIGHT_GRAD_CHUNK).collect();
+    let mut dx = want_x.then(|| vec![0f32; x.len()]);
+    let partials: Vec<Option<Vec<f32>>> = if g.image_parallel() {
+        match dx.as_mut() {
+            Some(dx) => dx
+                .par_chunks_mut(WEIGHT_GRAD_CHUNK * g.in_len())
+                .zip(starts.par_iter())
+                .map(|(d, &first)| chunk(first, Some(d), false))
+                .collect(),
+            None => starts
+                .par_iter()
+                .map(|&first| chunk(first, None, false))
+                .collect(),
+        }
+    } else {
+        match dx.as_mut() {
+            Some(dx) => dx
+                .chunks_mut(WEIGHT_GRAD_CHUNK * g.in_len())
+                .zip(starts.iter())
+                .map(|(d, &first)| chunk(first, Some(d), true))
+                .collect(),
+            None => starts
+                .iter()
+                .map(|&first| chunk(first, None, true))
+                .collect(),
+        }
+    };
+    let weight_grad = want_w.then(|| {
+        let mut parts = partials.into_iter().flatten();
+        let mut total = parts.next().expect("at least one chunk");
+        for part in parts {
+            for (t, v) in total.iter_mut().zip(&part) {
+                *t += v;
+            }
+        }
+        total
+    });
+    ConvGrads {
+        x: dx,
+        weight: weight_grad,
+        bias,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, one multiply-add at a time.
+    fn naive_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f64> {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut y = vec![0f64; g.batch * g.c_out * oh * ow];
+        for b in 0..g.batch {
+            for co in 0..g.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = bias[co] as f64;
+                        for ci in 0..g.c_in {
+                            for ky in 0..g.k {
+                                for kx in 0..g.k {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    s += x[((b * g.c_in + ci) * g.h + iy as usize) * g.w
+                                        + ix as usize]
+                                        as f64
+                                        * w[((co * g.c_in + ci) * g.k + ky) * g.k + kx] as f64;
+                                }
+                            }
+                        }
+                        y[((b * g.c_out + co) * oh + oy) * ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn geoms() -> Vec<ConvGeom> {
+        let g = |batch, c_in, h, w, c_out, k, stride, pad| ConvGeom {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k,
+            stride,
+            pad,
+        };
+        vec![
+            g(3, 5, 7, 6, 4, 3, 1, [1, 1, 1, 1]),
+            g(1, 2, 5, 9, 3, 3, 1, [1, 1, 1, 1]),
+            g(5, 3, 7, 7, 2, 3, 2, [0, 0, 1, 1]),
+            g(2, 4, 8, 5, 3, 3, 2, [0, 0, 1, 1]),
+            g(4, 6, 3, 4, 5, 1, 1, [0; 4]),
+            g(2, 3, 6, 6, 2, 5, 1, [2, 1, 2, 3]),
+            g(1, 1, 2, 2, 1, 3, 1, [1, 1, 1, 1]),
+            g(2, 3, 6, 5, 4, 3, 1, [0; 4]),
+            g(3, 2, 4, 4, 3, 2, 1, [0, 1, 1, 0]),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for (i, g) in geoms().into_iter().enumerate() {
+            let x = lcg(g.batch * g.in_len(), i as u64);
+            let w = lcg(g.c_out * g.col_rows(), 100 + i as u64);
+            let bias = lcg(g.c_out, 200 + i as u64);
+            let y = conv2d_forward(&g, &x, &w, Some(&bias));
+            let r = naive_forward(&g, &x, &w, &bias);
+            assert_eq!(y.len(), r.len());
+            for (a, b) in y.iter().zip(&r) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{g:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// ⟨dy, conv(x)⟩ is linear in x and in W, so its gradients are exact adjoints: compare
+    /// them with central differences of the naive forward in f64.
+    #[test]
+    fn backward_matches_finite_differences_of_the_definition() {
+        for (i, g) in geoms().into_iter().enumerate() {
+            let x = lcg(g.batch * g.in_len(), 300 + i as u64);
+            let w = lcg(g.c_out * g.col_rows(), 400 + i as u64);
+            let bias = lcg(g.c_out, 500 + i as u64);
+            let dy = lcg(g.batch * g.c_out * g.out_pixels(), 600 + i as u64);
+            let grads = conv2d_backward(&g, &x, &w, &dy, [true, true, true]);
+            let loss = |x: &[f32], w: &[f32], bias: &[f32]| -> f64 {
+                naive_forward(&g, x, w, bias)
+                    .iter()
+                    .zip(&dy)
+                    .map(|(y, d)| y * *d as f64)
+                    .sum()
+            };
+            let h = 0.5f32; // the loss is linear: any step is exact up to rounding
+            let check = |name: &str, got: &[f32], which: usize| {
+                let n = got.len();
+                for j in (0..n).step_by((n / 23).max(1)) {
+                    let (mut xp, mut wp, mut bp) = (x.clone(), w.clone(), bias.clone());
+                    let (mut xm, mut wm, mut bm) = (x.clone(), w.clone(), bias.clone());
+                    match which {
+                        0 => {
+                            xp[j] += h;
+                            xm[j] -= h;
+                        }
+                        1 => {
+                            wp[j] += h;
+                            wm[j] -= h;
+                        }
+                        _ => {
+                            bp[j] += h;
+                            bm[j] -= h;
+                        }
+                    }
+                    let fd = (loss(&xp, &wp, &bp) - loss(&xm, &wm, &bm)) / (2.0 * h as f64);
+                    assert!(
+                        (got[j] as f64 - fd).abs() < 1e-4 * (1.0 + fd.abs()),
+                        "{g:?} d{name}[{j}]: {} vs {fd}",
+                        got[j]
+                    );
+                }
+            };
+            check("x", grads.x.as_ref().unwrap(), 0);
+            check("w", grads.weight.as_ref().unwrap(), 1);
+            check("b", grads.bias.as_ref().unwrap(), 2);
+        }
+    }
+
+    #[test]
+    fn output_size_matches_burn_convention() {
+        let g = ConvGeom {
+            batch: 1,
+            c_in: 1,
+            h: 7,
+            w: 8,
+            c_out: 1,
+            k: 3,
+            stride: 2,
+            pad: [0, 0, 1, 1],
+        };
+        // (7 + 1 − 3)/2 + 1 = 3 rows, (8 + 1 − 3)/2 + 1 = 4 columns.
+        assert_eq!((g.out_h(), g.out_w()), (3, 4));
+    }
+}

@@ -1,0 +1,337 @@
+//! Specialised CPU kernels for burn-flex, plugged in through burn's backend-extension mechanism
+//! (`#[backend_extension]`), with hand-written backward passes for `Autodiff<Flex>`.
+//!
+//! The model code calls the functions at the bottom of this file ([`conv2d`]); they route to
+//! these kernels when the tensors live on the CPU backend and to burn's generic ops on any
+//! other device (wgpu), so the model stays backend-agnostic. Every kernel is tested against
+//! the definition (values and gradients) in its own file and against burn's op in
+//! `tests/kernels.rs`.
+
+pub mod conv;
+pub mod norm;
+pub mod simd;
+
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Shape, Tensor};
+use burn_flex::{FlexTensor, Layout};
+
+use conv::{ConvGeom, conv2d_backward, conv2d_forward};
+use norm::{NormGeom, group_norm_backward, group_norm_forward};
+
+/// Operations the CPU backend runs with this crate's kernels.
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuKernels: Backend {
+    /// Square-kernel convolution, groups 1, dilation 1; `pad` = top, left, bottom, right.
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> FloatTensor<Self>;
+
+    /// Group normalisation with affine map, then SiLU when `silu`.
+    fn group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// A contiguous f32 copy-free view of a flex tensor's values.
+fn values(t: &FlexTensor) -> &[f32] {
+    assert_eq!(t.dtype(), DType::F32, "ddpm kernels run in f32");
+    t.storage::<f32>()
+}
+
+fn flex_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::new(
+        burn::tensor::Bytes::from_elems(data),
+        Layout::contiguous(shape.into()),
+        DType::F32,
+    )
+}
+
+fn conv_geom(x: &FlexTensor, w: &FlexTensor, stride: usize, pad: [usize; 4]) -> ConvGeom {
+    let xs = x.layout().shape();
+    let ws = w.layout().shape();
+    assert_eq!(xs.num_dims(), 4, "conv2d: input must be [B, C, H, W]");
+    assert_eq!(
+        ws.num_dims(),
+        4,
+        "conv2d: weight must be [C_out, C_in, k, k]"
+    );
+    assert_eq!(
+        ws[1], xs[1],
+        "conv2d: weight expects {} channels, got {}",
+        ws[1], xs[1]
+    );
+    assert_eq!(ws[2], ws[3], "conv2d: kernel must be square");
+    ConvGeom {
+        batch: xs[0],
+        c_in: xs[1],
+        h: xs[2],
+        w: xs[3],
+        c_out: ws[0],
+        k: ws[2],
+        stride,
+        pad,
+    }
+}
+
+impl CpuKernels for Flex {
+    fn conv2d_gemm(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> FlexTensor {
+        let (x, weight, bias) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            bias.to_contiguous(),
+        );
+        let g = conv_geom(&x, &weight, stride, pad);
+        let y = conv2d_forward(&g, values(&x), values(&weight), Some(values(&bias)));
+        flex_tensor(y, g.out_shape())
+    }
+
+    fn group_norm_act(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FlexTensor {
+        let x = x.to_contiguous();
+        let shape = x.layout().shape().clone();
+        let g = norm_geom(&x, groups, eps, silu);
+        let (gamma, beta) = (gamma.to_contiguous(), beta.to_contiguous());
+        let (y, _) = group_norm_forward(&g, values(&x), values(&gamma), values(&beta));
+        flex_tensor(y, shape)
+    }
+}
+
+fn norm_geom(x: &FlexTensor, groups: usize, eps: f64, silu: bool) -> NormGeom {
+    let s = x.layout().shape();
+    assert!(s.num_dims() >= 2, "group norm: input must be [B, C, ...]");
+    NormGeom {
+        batch: s[0],
+        channels: s[1],
+        pixels: s.num_elements() / (s[0] * s[1]).max(1),
+        groups,
+        eps,
+        silu,
+    }
+}
+
+#[derive(Debug)]
+struct GroupNormBackward;
+
+impl Backward<Flex, 3> for GroupNormBackward {
+    type State = (FlexTensor, Vec<f32>, Vec<f32>, Vec<(f32, f32)>, NormGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x, gamma, beta, stats, g) = ops.state;
+        let shape = x.layout().shape().clone();
+        let out = group_norm_backward(&g, values(&x), &gamma, &beta, &stats, values(&dy));
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex_tensor(out.x, shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex_tensor(out.gamma, [g.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex_tensor(out.beta, [g.channels]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conv2dBackward;
+
+impl Backward<Flex, 3> for Conv2dBackward {
+    type State = (FlexTensor, FlexTensor, ConvGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x, w, g) = ops.state;
+        let want = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
+        let out = conv2d_backward(&g, values(&x), values(&w), values(&dy), want);
+        if let (Some(node), Some(dx)) = (node_x, out.x) {
+            grads.register::<Flex>(node.id, flex_tensor(dx, [g.batch, g.c_in, g.h, g.w]));
+        }
+        if let (Some(node), Some(dw)) = (node_w, out.weight) {
+            grads.register::<Flex>(node.id, flex_tensor(dw, [g.c_out, g.c_in, g.k, g.k]));
+        }
+        if let (Some(node), Some(db)) = (node_b, out.bias) {
+            grads.register::<Flex>(node.id, flex_tensor(db, [g.c_out]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> FloatTensor<Self> {
+        match Conv2dBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let xp = x.primitive().to_contiguous();
+                let wp = weight.primitive().to_contiguous();
+                let g = conv_geom(&xp, &wp, stride, pad);
+                let y = Flex::conv2d_gemm(
+                    xp.clone(),
+                    wp.clone(),
+                    bias.primitive().clone(),
+                    stride,
+                    pad,
+                );
+                prep.finish((xp, wp, g), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d_gemm(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                stride,
+                pad,
+            )),
+        }
+    }
+
+    fn group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> FloatTensor<Self> {
+        match GroupNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let xp = x.primitive().to_contiguous();
+                let shape = xp.layout().shape().clone();
+                let g = norm_geom(&xp, groups, eps, silu);
+                let gamma = values(&gamma.primitive().to_contiguous()).to_vec();
+                let beta = values(&beta.primitive().to_contiguous()).to_vec();
+                let (y, stats) = group_norm_forward(&g, values(&xp), &gamma, &beta);
+                prep.finish((xp, gamma, beta, stats, g), flex_tensor(y, shape))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::group_norm_act(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                eps,
+                silu,
+            )),
+        }
+    }
+}
+
+/// Whether tensors on this device run on burn-flex (with or without autodiff).
+pub fn is_cpu(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
+}
+
+/// Whether the kernels are switched off (`DDPM_KERNELS=burn`), to compare against burn's ops.
+fn disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("DDPM_KERNELS").is_ok_and(|v| v == "burn"))
+}
+
+/// `conv.forward(x)`, through [`conv::conv2d_forward`] on the CPU.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, _, k1, k2] = conv.weight.dims();
+    let plain = conv.groups == 1 && conv.dilation == [1, 1] && k1 == k2;
+    let pad = match &conv.padding {
+        PaddingConfig2d::Valid => Some([0; 4]),
+        PaddingConfig2d::Explicit(t, l, b, r) => Some([*t, *l, *b, *r]),
+        _ => None,
+    };
+    match (pad, &conv.bias) {
+        (Some(pad), Some(bias))
+            if plain && conv.stride[0] == conv.stride[1] && is_cpu(&x.device()) && !disabled() =>
+        {
+            let bias = bias.val().into_dispatch();
+            let y = <Dispatch as CpuKernels>::conv2d_gemm(
+                x.into_dispatch(),
+                conv.weight.val().into_dispatch(),
+                bias,
+                conv.stride[0],
+                pad,
+            );
+            Tensor::from_dispatch(y)
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// `act(GroupNorm(x))` over `[B, C, …]` activations: γ, β per channel, SiLU when `silu`.
+/// Runs [`norm::group_norm_forward`] on the CPU and burn's ops elsewhere.
+pub fn group_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Tensor<D> {
+    if is_cpu(&x.device()) && !disabled() {
+        let y = <Dispatch as CpuKernels>::group_norm_act(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            groups,
+            eps,
+            silu,
+        );
+        return Tensor::from_dispatch(y);
+    }
+    let dims = x.dims();
+    let (b, c) = (dims[0], dims[1]);
+    let xg = x.reshape([b, groups, dims.iter().product::<usize>() / (b * groups)]);
+    let mean = xg.clone().mean_dim(2);
+    let centred = xg - mean;
+    let var = centred.clone().square().mean_dim(2);
+    let mut affine_shape = [1; D];
+    affine_shape[1] = c;
+    let y = (centred / (var + eps).sqrt()).reshape(dims) * gamma.reshape(affine_shape)
+        + beta.reshape(affine_shape);
+    if silu {
+        burn::tensor::activation::silu(y)
+    } else {
+        y
+    }
+}
