@@ -1,4 +1,4 @@
-//! 2-D convolution (square kernel, groups 1, dilation 1) as im2col + one GEMM per image, with
+//! 2-D convolution (groups 1, dilation 1) as im2col + one GEMM per image, with
 //! its backward pass as two more GEMMs per image.
 //!
 //! Why not burn-flex's own convolution: its forward transposes the input to NHWC on one thread
@@ -29,8 +29,10 @@ pub struct ConvGeom {
     pub w: usize,
     /// Output channels.
     pub c_out: usize,
-    /// Kernel size (k × k).
-    pub k: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
     /// Stride (both axes).
     pub stride: usize,
     /// Zero padding: top, left, bottom, right.
@@ -45,17 +47,17 @@ const WEIGHT_GRAD_CHUNK: usize = 2;
 impl ConvGeom {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.h + self.pad[0] + self.pad[2] - self.k) / self.stride + 1
+        (self.h + self.pad[0] + self.pad[2] - self.kh) / self.stride + 1
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.w + self.pad[1] + self.pad[3] - self.k) / self.stride + 1
+        (self.w + self.pad[1] + self.pad[3] - self.kw) / self.stride + 1
     }
 
     /// Rows of the patch matrix: C_in·k·k.
     fn col_rows(&self) -> usize {
-        self.c_in * self.k * self.k
+        self.c_in * self.kh * self.kw
     }
 
     /// Output pixels per channel.
@@ -69,7 +71,7 @@ impl ConvGeom {
 
     /// A 1×1, stride-1, unpadded convolution: the patch matrix is the image itself.
     fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == [0; 4]
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == [0; 4]
     }
 
     /// Stride-1 convolutions use the "wide" layout: the input is zero-padded once to
@@ -96,10 +98,10 @@ impl ConvGeom {
         }
     }
 
-    /// The padded planes plus k slack values: the last patch rows run past the last plane
+    /// The padded planes plus kw slack values: the last patch rows run past the last plane
     /// into the discarded columns.
     fn padded_len(&self) -> usize {
-        self.c_in * self.padded_plane() + self.k
+        self.c_in * self.padded_plane() + self.kw
     }
 
     /// The output `[B, C_out, out_h, out_w]`.
@@ -132,13 +134,13 @@ impl ConvGeom {
 multiversion! {
 /// Fills `col` (`[C_in·k·k, out_h·out_w]`, row `(ci, ky, kx)`) with the patches of one image.
 fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
-    let (k, s) = (g.k, g.stride);
+    let (kh, kw, s) = (g.kh, g.kw, g.stride);
     let (oh, ow, p) = (g.out_h(), g.out_w(), g.out_pixels());
     for ci in 0..g.c_in {
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut col[((ci * k + ky) * k + kx) * p..][..p];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &mut col[((ci * kh + ky) * kw + kx) * p..][..p];
                 let (lo, hi) = g.valid_ox(kx);
                 for oy in 0..oh {
                     let dst = &mut row[oy * ow..][..ow];
@@ -170,13 +172,13 @@ multiversion! {
 /// The adjoint of [`im2col`]: adds every patch entry back onto the pixel it came from.
 /// `dx` must be zeroed by the caller.
 fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
-    let (k, s) = (g.k, g.stride);
+    let (kh, kw, s) = (g.kh, g.kw, g.stride);
     let (oh, ow, p) = (g.out_h(), g.out_w(), g.out_pixels());
     for ci in 0..g.c_in {
         let plane = &mut dx[ci * g.h * g.w..][..g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &col[((ci * k + ky) * k + kx) * p..][..p];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &col[((ci * kh + ky) * kw + kx) * p..][..p];
                 let (lo, hi) = g.valid_ox(kx);
                 if lo >= hi {
                     continue;
@@ -223,11 +225,11 @@ fn pad_image(g: &ConvGeom, x: &[f32], pad: &mut [f32]) {
 /// The patch matrix of the wide layout: row (ci, ky, kx) is the padded plane ci read from
 /// offset ky·Wp + kx.
 fn wide_im2col(g: &ConvGeom, pad: &[f32], col: &mut [f32]) {
-    let (k, wp, plane, n) = (g.k, g.padded_w(), g.padded_plane(), g.gemm_n());
+    let (kh, kw, wp, plane, n) = (g.kh, g.kw, g.padded_w(), g.padded_plane(), g.gemm_n());
     for ci in 0..g.c_in {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = (ci * k + ky) * k + kx;
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
                 col[row * n..][..n].copy_from_slice(&pad[ci * plane + ky * wp + kx..][..n]);
             }
         }
@@ -237,11 +239,11 @@ fn wide_im2col(g: &ConvGeom, pad: &[f32], col: &mut [f32]) {
 multiversion! {
 /// The adjoint of [`wide_im2col`] into padded planes (zeroed by the caller).
 fn wide_col2im(g: &ConvGeom, col: &[f32], pad: &mut [f32]) {
-    let (k, wp, plane, n) = (g.k, g.padded_w(), g.padded_plane(), g.gemm_n());
+    let (kh, kw, wp, plane, n) = (g.kh, g.kw, g.padded_w(), g.padded_plane(), g.gemm_n());
     for ci in 0..g.c_in {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = (ci * k + ky) * k + kx;
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
                 let dst = &mut pad[ci * plane + ky * wp + kx..][..n];
                 for (d, v) in dst.iter_mut().zip(&col[row * n..][..n]) {
                     *d += v;
@@ -599,8 +601,8 @@ mod tests {
                     for ox in 0..ow {
                         let mut s = bias[co] as f64;
                         for ci in 0..g.c_in {
-                            for ky in 0..g.k {
-                                for kx in 0..g.k {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
                                     let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
                                     let ix = (ox * g.stride + kx) as isize - g.pad[1] as isize;
                                     if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
@@ -610,7 +612,7 @@ mod tests {
                                     s += x[((b * g.c_in + ci) * g.h + iy as usize) * g.w
                                         + ix as usize]
                                         as f64
-                                        * w[((co * g.c_in + ci) * g.k + ky) * g.k + kx] as f64;
+                                        * w[((co * g.c_in + ci) * g.kh + ky) * g.kw + kx] as f64;
                                 }
                             }
                         }
@@ -643,7 +645,8 @@ mod tests {
             h,
             w,
             c_out,
-            k,
+            kh: k,
+            kw: k,
             stride,
             pad,
         };
@@ -657,6 +660,22 @@ mod tests {
             g(1, 1, 2, 2, 1, 3, 1, [1, 1, 1, 1]),
             g(2, 3, 6, 5, 4, 3, 1, [0; 4]),
             g(3, 2, 4, 4, 3, 2, 1, [0, 1, 1, 0]),
+            // Inception's factorised 1×7 / 7×1 / 1×3 / 3×1 kernels.
+            ConvGeom {
+                kh: 1,
+                kw: 7,
+                ..g(2, 3, 9, 9, 4, 1, 1, [0, 3, 0, 3])
+            },
+            ConvGeom {
+                kh: 7,
+                kw: 1,
+                ..g(2, 3, 9, 8, 4, 1, 1, [3, 0, 3, 0])
+            },
+            ConvGeom {
+                kh: 3,
+                kw: 1,
+                ..g(1, 2, 5, 6, 3, 1, 2, [0; 4])
+            },
         ]
     }
 
@@ -734,7 +753,8 @@ mod tests {
             h: 7,
             w: 8,
             c_out: 1,
-            k: 3,
+            kh: 3,
+            kw: 3,
             stride: 2,
             pad: [0, 0, 1, 1],
         };

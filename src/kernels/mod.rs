@@ -9,6 +9,7 @@
 
 pub mod conv;
 pub mod norm;
+pub mod pool;
 pub mod simd;
 
 use burn::backend::autodiff::{
@@ -17,6 +18,7 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
@@ -30,7 +32,7 @@ use norm::{NormGeom, group_norm_backward, group_norm_forward};
 /// Operations the CPU backend runs with this crate's kernels.
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuKernels: Backend {
-    /// Square-kernel convolution, groups 1, dilation 1; `pad` = top, left, bottom, right.
+    /// Convolution, groups 1, dilation 1; `pad` = top, left, bottom, right.
     fn conv2d_gemm(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -48,6 +50,12 @@ pub trait CpuKernels: Backend {
         eps: f64,
         silu: bool,
     ) -> FloatTensor<Self>;
+
+    /// 3×3 average pool, stride 1, padding 1 not counted (forward only).
+    fn avg_pool3s1(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// 3×3 max pool, stride 2, unpadded (forward only).
+    fn max_pool3s2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// A contiguous f32 copy-free view of a flex tensor's values.
@@ -78,14 +86,14 @@ fn conv_geom(x: &FlexTensor, w: &FlexTensor, stride: usize, pad: [usize; 4]) -> 
         "conv2d: weight expects {} channels, got {}",
         ws[1], xs[1]
     );
-    assert_eq!(ws[2], ws[3], "conv2d: kernel must be square");
     ConvGeom {
         batch: xs[0],
         c_in: xs[1],
         h: xs[2],
         w: xs[3],
         c_out: ws[0],
-        k: ws[2],
+        kh: ws[2],
+        kw: ws[3],
         stride,
         pad,
     }
@@ -124,6 +132,25 @@ impl CpuKernels for Flex {
         let (y, _) = group_norm_forward(&g, values(&x), values(&gamma), values(&beta));
         flex_tensor(y, shape)
     }
+
+    fn avg_pool3s1(x: FlexTensor) -> FlexTensor {
+        let x = x.to_contiguous();
+        let [b, c, h, w] = dims4(&x);
+        flex_tensor(pool::avg_pool3s1(values(&x), b * c, h, w), [b, c, h, w])
+    }
+
+    fn max_pool3s2(x: FlexTensor) -> FlexTensor {
+        let x = x.to_contiguous();
+        let [b, c, h, w] = dims4(&x);
+        let y = pool::max_pool3s2(values(&x), b * c, h, w);
+        flex_tensor(y, [b, c, (h - 3) / 2 + 1, (w - 3) / 2 + 1])
+    }
+}
+
+fn dims4(x: &FlexTensor) -> [usize; 4] {
+    let s = x.layout().shape();
+    assert_eq!(s.num_dims(), 4, "pooling: input must be [B, C, H, W]");
+    [s[0], s[1], s[2], s[3]]
 }
 
 fn norm_geom(x: &FlexTensor, groups: usize, eps: f64, silu: bool) -> NormGeom {
@@ -179,7 +206,7 @@ impl Backward<Flex, 3> for Conv2dBackward {
             grads.register::<Flex>(node.id, flex_tensor(dx, [g.batch, g.c_in, g.h, g.w]));
         }
         if let (Some(node), Some(dw)) = (node_w, out.weight) {
-            grads.register::<Flex>(node.id, flex_tensor(dw, [g.c_out, g.c_in, g.k, g.k]));
+            grads.register::<Flex>(node.id, flex_tensor(dw, [g.c_out, g.c_in, g.kh, g.kw]));
         }
         if let (Some(node), Some(db)) = (node_b, out.bias) {
             grads.register::<Flex>(node.id, flex_tensor(db, [g.c_out]));
@@ -255,6 +282,15 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
             )),
         }
     }
+
+    // Inference-only kernels: under autodiff, burn's differentiable pooling is used instead.
+    fn avg_pool3s1(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::avg_pool2d(x, [3, 3], [1, 1], [1, 1], false, false)
+    }
+
+    fn max_pool3s2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::max_pool2d(x, [3, 3], [2, 2], [0, 0], [1, 1], false)
+    }
 }
 
 /// Whether tensors on this device run on burn-flex (with or without autodiff).
@@ -273,29 +309,53 @@ fn disabled() -> bool {
 
 /// `conv.forward(x)`, through [`conv::conv2d_forward`] on the CPU.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [_, _, k1, k2] = conv.weight.dims();
-    let plain = conv.groups == 1 && conv.dilation == [1, 1] && k1 == k2;
+    let plain = conv.groups == 1 && conv.dilation == [1, 1] && conv.stride[0] == conv.stride[1];
     let pad = match &conv.padding {
         PaddingConfig2d::Valid => Some([0; 4]),
         PaddingConfig2d::Explicit(t, l, b, r) => Some([*t, *l, *b, *r]),
         _ => None,
     };
     match (pad, &conv.bias) {
-        (Some(pad), Some(bias))
-            if plain && conv.stride[0] == conv.stride[1] && is_cpu(&x.device()) && !disabled() =>
-        {
-            let bias = bias.val().into_dispatch();
-            let y = <Dispatch as CpuKernels>::conv2d_gemm(
-                x.into_dispatch(),
-                conv.weight.val().into_dispatch(),
-                bias,
-                conv.stride[0],
-                pad,
-            );
-            Tensor::from_dispatch(y)
+        (Some(pad), Some(bias)) if plain && is_cpu(&x.device()) && !disabled() => {
+            conv2d_with(x, conv.weight.val(), bias.val(), conv.stride[0], pad)
         }
         _ => conv.forward(x),
     }
+}
+
+/// `y = conv(x, weight) + bias` with equal strides, groups 1, dilation 1 and explicit
+/// padding (top, left, bottom, right): this crate's kernel on the CPU, burn's op elsewhere.
+pub fn conv2d_with(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    pad: [usize; 4],
+) -> Tensor<4> {
+    if is_cpu(&x.device()) && !disabled() {
+        let y = <Dispatch as CpuKernels>::conv2d_gemm(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            stride,
+            pad,
+        );
+        return Tensor::from_dispatch(y);
+    }
+    let [t, l, b, r] = pad;
+    let (x, padding) = if t == b && l == r {
+        (x, [t, l])
+    } else {
+        // burn's convolution pads symmetrically; pad the input explicitly instead.
+        let [n, c, h, w] = x.dims();
+        let padded = Tensor::zeros([n, c, h + t + b, w + l + r], &x.device());
+        (
+            padded.slice_assign([0..n, 0..c, t..t + h, l..l + w], x),
+            [0, 0],
+        )
+    };
+    let opts = burn::tensor::ops::ConvOptions::new([stride; 2], padding, [1, 1], 1);
+    burn::tensor::module::conv2d(x, weight, Some(bias), opts)
 }
 
 /// `act(GroupNorm(x))` over `[B, C, …]` activations: γ, β per channel, SiLU when `silu`.
@@ -334,4 +394,29 @@ pub fn group_norm<const D: usize>(
     } else {
         y
     }
+}
+
+/// 3×3 average pool, stride 1, padding 1 excluded from the count (TF's `SAME` average pool).
+pub fn avg_pool3s1(x: Tensor<4>) -> Tensor<4> {
+    if is_cpu(&x.device()) && !disabled() {
+        return Tensor::from_dispatch(<Dispatch as CpuKernels>::avg_pool3s1(x.into_dispatch()));
+    }
+    burn::tensor::module::avg_pool2d(
+        x,
+        burn::tensor::ops::AvgPoolOptions::new([3, 3])
+            .with_stride([1, 1])
+            .with_padding([1, 1])
+            .with_count_include_pad(false),
+    )
+}
+
+/// 3×3 max pool, stride 2, no padding.
+pub fn max_pool3s2(x: Tensor<4>) -> Tensor<4> {
+    if is_cpu(&x.device()) && !disabled() {
+        return Tensor::from_dispatch(<Dispatch as CpuKernels>::max_pool3s2(x.into_dispatch()));
+    }
+    burn::tensor::module::max_pool2d(
+        x,
+        burn::tensor::ops::MaxPoolOptions::new([3, 3]).with_stride([2, 2]),
+    )
 }

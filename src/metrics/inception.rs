@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::tensorfile::read_f32_tensors;
@@ -30,12 +30,13 @@ struct ConvBnRelu {
 
 impl ConvBnRelu {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let opts = ConvOptions::new([self.stride; 2], self.padding, [1, 1], 1);
-        burn::tensor::activation::relu(conv2d(
+        let [ph, pw] = self.padding;
+        burn::tensor::activation::relu(crate::kernels::conv2d_with(
             x,
             self.weight.clone(),
-            Some(self.bias.clone()),
-            opts,
+            self.bias.clone(),
+            self.stride,
+            [ph, pw, ph, pw],
         ))
     }
 }
@@ -257,18 +258,12 @@ impl FidInception {
 }
 
 fn max_pool3s2(x: Tensor<4>) -> Tensor<4> {
-    max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]))
+    crate::kernels::max_pool3s2(x)
 }
 
 /// 3×3 average pool, stride 1, padding 1, padding excluded from the count.
 fn avg_pool3s1(x: Tensor<4>) -> Tensor<4> {
-    avg_pool2d(
-        x,
-        AvgPoolOptions::new([3, 3])
-            .with_stride([1, 1])
-            .with_padding([1, 1])
-            .with_count_include_pad(false),
-    )
+    crate::kernels::avg_pool3s1(x)
 }
 
 /// How a user obtains the weights.
