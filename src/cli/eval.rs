@@ -45,6 +45,32 @@ pub(crate) struct EvalFidArgs {
     /// Images per sampling batch.
     #[arg(long, default_value_t = 256)]
     pub(crate) batch_size: usize,
+    /// σ_t² for ancestral sampling (default: the run's).
+    #[arg(long, value_enum)]
+    pub(crate) variance: Option<VarianceType>,
+    /// Langevin corrector steps after each sampler step (predictor–corrector; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) corrector_steps: usize,
+    /// Target signal-to-noise ratio of the corrector's step size.
+    #[arg(long, default_value_t = 0.16)]
+    pub(crate) snr: f64,
+    /// Noisy classifier run for classifier guidance (`ddpm classifier train`).
+    #[arg(long)]
+    pub(crate) classifier: Option<PathBuf>,
+    /// Class to steer every sample towards (default with --classifier: sample i gets class
+    /// i mod K, so the N samples cover every class equally).
+    #[arg(long)]
+    pub(crate) class: Option<usize>,
+    /// Guidance scale s (0 = unguided).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) guidance_scale: f64,
+    /// Clean classifier run (`ddpm classifier train --clean`) that judges guided samples:
+    /// reports the fraction it assigns to the requested class.
+    #[arg(long)]
+    pub(crate) judge: Option<PathBuf>,
+    /// Name of this evaluation in metrics.json (default: from the sampler and steps).
+    #[arg(long)]
+    pub(crate) tag: Option<String>,
     #[command(flatten)]
     pub(crate) net: FidNetArgs,
 }
@@ -175,17 +201,58 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
 
 pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
     let (config, model, step) = load_run_model(&a.run, device, true)?;
-    let diffusion = GaussianDiffusion::new(config.diffusion.clone());
+    let mut dcfg = config.diffusion.clone();
+    if let Some(v) = a.variance {
+        dcfg.variance = v;
+    }
+    let diffusion = GaussianDiffusion::new(dcfg);
     let sampler = build_sampler(&a.sampler, &diffusion, a.steps, a.eta, a.spacing, a.clip)?;
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
+    let guide = match &a.classifier {
+        Some(dir) => {
+            let (ccfg, clf) = ddpm::train::classifier::load_classifier(dir, device, true)?;
+            let k = ccfg.model.num_classes;
+            if let Some(c) = a.class
+                && c >= k
+            {
+                bail!("--class {c}: the classifier has {k} classes");
+            }
+            Some((
+                ddpm::model::classifier::ClassifierGuide::new(clf, device),
+                k,
+            ))
+        }
+        None => None,
+    };
+    let judge = match &a.judge {
+        Some(dir) => Some(ddpm::train::classifier::load_classifier(dir, device, true)?),
+        None => None,
+    };
+    let num_classes = guide
+        .as_ref()
+        .map(|g| g.1)
+        .or(judge.as_ref().map(|j| j.0.model.num_classes));
+    // The class requested for sample i (guided or not: the judge scores unguided samples
+    // against the same labels, which gives the chance level).
+    let label = |i: usize| a.class.unwrap_or(i % num_classes.unwrap_or(1));
     let net = FidInception::load(&locate_weights(a.net.inception.as_deref())?, device)?;
     let real = dataset_features(&spec, a.split, Some(a.n), &net, a.net.fid_batch, device)?;
     println!(
-        "FID of {} (step {step}, EMA) with {} ({} steps): {} samples against {} {:?} images of `{spec}`",
+        "FID of {} (step {step}, EMA) with {} ({} steps{}{}): {} samples against {} {:?} images of `{spec}`",
         a.run.display(),
         a.sampler,
         sampler.timesteps().len(),
+        if a.corrector_steps > 0 {
+            format!(", {} corrector step(s) at snr {}", a.corrector_steps, a.snr)
+        } else {
+            String::new()
+        },
+        match (&a.classifier, a.class) {
+            (Some(_), Some(c)) => format!(", guided to class {c} with s = {}", a.guidance_scale),
+            (Some(_), None) => format!(", guided to class i mod K with s = {}", a.guidance_scale),
+            _ => String::new(),
+        },
         a.n,
         real.len() / FEATURE_DIM,
         a.split
@@ -197,23 +264,46 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
     let mut done = 0;
     let mut first: Option<Tensor<4>> = None;
     let (mut t_sample, mut t_feat) = (0.0, 0.0);
+    let mut correct = 0usize;
+    let corrector = (a.corrector_steps > 0).then_some(ddpm::sampling::Langevin {
+        steps: a.corrector_steps,
+        snr: a.snr,
+    });
     while done < a.n {
         let b = a.batch_size.min(a.n - done);
+        let labels: Vec<usize> = (done..done + b).map(label).collect();
         let ts = Instant::now();
-        let x = sample(
+        let guidance = guide.as_ref().map(|(g, _)| ddpm::sampling::Guidance {
+            classifier: g as &dyn ddpm::sampling::ClassifierGrad,
+            labels: labels.clone(),
+            scale: a.guidance_scale,
+        });
+        let opts = ddpm::sampling::LoopOptions {
+            corrector,
+            guidance: guidance.as_ref(),
+        };
+        let x_t = noise.normal([b, m.in_channels, m.image_size, m.image_size], device);
+        let x = ddpm::sampling::sample_loop_with(
             &diffusion,
             sampler.as_ref(),
             &model,
-            [b, m.in_channels, m.image_size, m.image_size],
-            device,
+            x_t,
             &mut noise,
+            &opts,
             |_, _| {},
         );
         t_sample += ts.elapsed().as_secs_f64();
         if first.is_none() {
-            first = Some(x.clone().narrow(0, 0, b.min(64)));
+            first = Some(x.clone().narrow(0, 0, b.min(100)));
         }
         let (px, dims) = ddpm::image::tensor_to_u8(x);
+        if let Some((_, clf)) = &judge {
+            // Judged as stored: the 8-bit image, scaled back to [−1, 1] like the data.
+            let xs: Vec<f32> = px.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+            let xq = Tensor::<4>::from_data(burn::tensor::TensorData::new(xs, dims), device);
+            let pred = ddpm::train::classifier::predict(clf, xq);
+            correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        }
         let tf = Instant::now();
         fake.extend(extract_features(
             &net,
@@ -236,23 +326,17 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
     )?;
     let (precision, recall) = precision_recall(&real, &fake, FEATURE_DIM, 3);
     let secs = t0.elapsed().as_secs_f64();
+    let accuracy = judge.as_ref().map(|_| correct as f64 / a.n as f64);
     println!(
-        "FID {fid:.3}, precision {precision:.4}, recall {recall:.4}  ({:.0} s: sampling {t_sample:.0} s, Inception {t_feat:.0} s)",
+        "FID {fid:.3}, precision {precision:.4}, recall {recall:.4}{}  ({:.0} s: sampling {t_sample:.0} s, Inception {t_feat:.0} s)",
+        match accuracy {
+            Some(acc) => format!(", judged in requested class {acc:.4}"),
+            None => String::new(),
+        },
         secs
     );
-    let out = a.run.join("eval");
-    std::fs::create_dir_all(&out)?;
-    if let Some(x) = first {
-        let k = x.dims()[0];
-        ddpm::image::save_grid(
-            x,
-            (k as f64).sqrt().ceil() as usize,
-            &out.join("fid-samples.png"),
-        )?;
-    }
-    update_metrics(
-        &a.run,
-        &format!(
+    let tag = a.tag.clone().unwrap_or_else(|| {
+        format!(
             "fid_{}{}",
             a.sampler,
             if a.sampler == "ddim" {
@@ -260,11 +344,27 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
             } else {
                 String::new()
             }
-        ),
+        )
+    });
+    let out = a.run.join("eval");
+    std::fs::create_dir_all(&out)?;
+    if let Some(x) = first {
+        let k = x.dims()[0];
+        let grid = out.join(format!("{tag}-samples.png"));
+        ddpm::image::save_grid(x, (k as f64).sqrt().ceil() as usize, &grid)?;
+        println!("wrote {}", grid.display());
+    }
+    update_metrics(
+        &a.run,
+        &tag,
         serde_json::json!({
             "fid": fid, "precision": precision, "recall": recall, "n": a.n, "reference": spec,
             "split": format!("{:?}", a.split).to_lowercase(), "sampler": a.sampler, "steps": sampler.timesteps().len(),
             "eta": a.eta, "step": step, "seconds": secs, "sampling_seconds": t_sample, "inception_seconds": t_feat,
+            "corrector_steps": a.corrector_steps, "snr": a.snr,
+            "classifier": a.classifier.as_ref().map(|p| p.display().to_string()),
+            "class": a.class, "guidance_scale": a.classifier.as_ref().map(|_| a.guidance_scale),
+            "judge": a.judge.as_ref().map(|p| p.display().to_string()), "judged_accuracy": accuracy,
         }),
     )?;
     println!("wrote {}", a.run.join("metrics.json").display());
