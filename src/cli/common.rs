@@ -47,6 +47,166 @@ pub(crate) fn pick_device(name: &str) -> Result<Device> {
     }
 }
 
+/// Classifier guidance for a whole sampling job: the gradient, the class of sample i, and s.
+#[derive(Clone, Copy)]
+pub(crate) struct Guide<'a> {
+    pub(crate) classifier: &'a dyn ddpm::sampling::ClassifierGrad,
+    pub(crate) label: &'a dyn Fn(usize) -> usize,
+    pub(crate) scale: f64,
+}
+
+impl<'a> Guide<'a> {
+    /// The guidance of the samples with these (global) indices.
+    pub(crate) fn for_samples(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> ddpm::sampling::Guidance<'a> {
+        ddpm::sampling::Guidance {
+            classifier: self.classifier,
+            labels: range.map(self.label).collect(),
+            scale: self.scale,
+        }
+    }
+}
+
+/// The sampler and what steers it, shared by `ddpm sample` and `ddpm eval fid`.
+#[derive(Args)]
+pub(crate) struct SamplingArgs {
+    /// `ddpm` (ancestral, Algorithm 2) or `ddim` [default: ddpm for `sample`, ddim for `eval fid`].
+    #[arg(long)]
+    pub(crate) sampler: Option<String>,
+    /// DDIM: number of steps.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) steps: usize,
+    /// DDIM: η (0 deterministic, 1 ≈ DDPM).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) eta: f64,
+    /// DDIM: timestep spacing.
+    #[arg(long, value_enum, default_value_t = Spacing::Quadratic)]
+    pub(crate) spacing: Spacing,
+    /// σ_t² for ancestral sampling (default: the run's).
+    #[arg(long, value_enum)]
+    pub(crate) variance: Option<VarianceType>,
+    /// Clip x̂₀ to [−1, 1] at every step (`--clip false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) clip: bool,
+    /// Images per network call.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: usize,
+    /// Langevin corrector steps after each sampler step (predictor–corrector; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) corrector_steps: usize,
+    /// Target signal-to-noise ratio of the corrector's step size.
+    #[arg(long, default_value_t = 0.16)]
+    pub(crate) snr: f64,
+    /// Noisy classifier run for classifier guidance (`ddpm classifier train`).
+    #[arg(long)]
+    pub(crate) classifier: Option<PathBuf>,
+    /// Class to steer every sample towards (default with --classifier: sample i gets class
+    /// i mod K, so the samples cover every class equally).
+    #[arg(long)]
+    pub(crate) class: Option<usize>,
+    /// Guidance scale s (0 = unguided).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) guidance_scale: f64,
+}
+
+/// What [`SamplingArgs::plan`] builds.
+pub(crate) struct SamplingPlan {
+    /// `ddpm` or `ddim`.
+    pub(crate) name: String,
+    pub(crate) diffusion: GaussianDiffusion,
+    pub(crate) sampler: Box<dyn Sampler>,
+    pub(crate) corrector: Option<ddpm::sampling::Langevin>,
+    /// The guidance classifier and its number of classes K.
+    pub(crate) classifier: Option<(ddpm::model::classifier::ClassifierGuide, usize)>,
+}
+
+impl SamplingArgs {
+    /// The diffusion (the run's, with `--variance` applied), the sampler, the corrector and the
+    /// guidance classifier.
+    pub(crate) fn plan(
+        &self,
+        run_diffusion: &DiffusionConfig,
+        default_sampler: &str,
+        device: &Device,
+    ) -> Result<SamplingPlan> {
+        let mut dcfg = run_diffusion.clone();
+        if let Some(v) = self.variance {
+            dcfg.variance = v;
+        }
+        let diffusion = GaussianDiffusion::new(dcfg);
+        let name = self.sampler.clone().unwrap_or(default_sampler.to_string());
+        let sampler = build_sampler(
+            &name,
+            &diffusion,
+            self.steps,
+            self.eta,
+            self.spacing,
+            self.clip,
+        )?;
+        let classifier = match &self.classifier {
+            Some(dir) => {
+                let (ccfg, clf) = ddpm::train::classifier::load_classifier(dir, device, true)?;
+                let k = ccfg.model.num_classes;
+                if let Some(c) = self.class
+                    && c >= k
+                {
+                    bail!(
+                        "--class {c}: {} has {k} classes (0..{})",
+                        dir.display(),
+                        k - 1
+                    );
+                }
+                Some((
+                    ddpm::model::classifier::ClassifierGuide::new(clf, device),
+                    k,
+                ))
+            }
+            None => {
+                if self.class.is_some() {
+                    bail!("--class needs --classifier (a run of `ddpm classifier train`)");
+                }
+                None
+            }
+        };
+        Ok(SamplingPlan {
+            name,
+            diffusion,
+            sampler,
+            corrector: (self.corrector_steps > 0).then_some(ddpm::sampling::Langevin {
+                steps: self.corrector_steps,
+                snr: self.snr,
+            }),
+            classifier,
+        })
+    }
+
+    /// The class requested for sample i: `--class`, or i mod K.
+    pub(crate) fn label(&self, i: usize, num_classes: usize) -> usize {
+        self.class.unwrap_or(i % num_classes.max(1))
+    }
+
+    /// e.g. "ddim (50 steps, 1 corrector step(s) at snr 0.16, guided to class i mod 10 with s = 3)".
+    pub(crate) fn describe(&self, plan: &SamplingPlan) -> String {
+        let mut parts = vec![format!("{} steps", plan.sampler.timesteps().len())];
+        if let Some(c) = &plan.corrector {
+            parts.push(format!("{} corrector step(s) at snr {}", c.steps, c.snr));
+        }
+        if let Some((_, k)) = &plan.classifier {
+            let target = match self.class {
+                Some(c) => format!("class {c}"),
+                None => format!("class i mod {k}"),
+            };
+            parts.push(format!(
+                "guided to {target} with s = {}",
+                self.guidance_scale
+            ));
+        }
+        format!("{} ({})", plan.name, parts.join(", "))
+    }
+}
+
 /// Samples `n` images in batches, optionally recording chain frames of the first batch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sample_images(
@@ -61,7 +221,7 @@ pub(crate) fn sample_images(
     mut chain: Option<&mut Vec<image::RgbImage>>,
     show_progress: bool,
     corrector: Option<&ddpm::sampling::Langevin>,
-    guide: Option<(&dyn ddpm::sampling::ClassifierGrad, usize, f64)>,
+    guide: Option<Guide<'_>>,
 ) -> Tensor<4> {
     let steps = sampler.timesteps().len();
     let pb = indicatif::ProgressBar::new((steps * n.div_ceil(batch)) as u64);
@@ -83,11 +243,7 @@ pub(crate) fn sample_images(
         let b = batch.min(n - done);
         let first = done == 0;
         let x_t = noise.normal([b, shape[0], shape[1], shape[2]], device);
-        let guidance = guide.map(|(classifier, class, scale)| ddpm::sampling::Guidance {
-            classifier,
-            labels: vec![class; b],
-            scale,
-        });
+        let guidance = guide.map(|g| g.for_samples(done..done + b));
         let opts = ddpm::sampling::LoopOptions {
             corrector: corrector.copied(),
             guidance: guidance.as_ref(),

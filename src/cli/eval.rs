@@ -24,46 +24,11 @@ pub(crate) struct EvalFidArgs {
     /// Number of generated images (and at most this many reference images).
     #[arg(long, default_value_t = 10000)]
     pub(crate) n: usize,
-    /// Sampler: `ddim` or `ddpm`.
-    #[arg(long, default_value = "ddim")]
-    pub(crate) sampler: String,
-    /// DDIM steps.
-    #[arg(long, default_value_t = 50)]
-    pub(crate) steps: usize,
-    /// DDIM η.
-    #[arg(long, default_value_t = 0.0)]
-    pub(crate) eta: f64,
-    /// DDIM spacing.
-    #[arg(long, value_enum, default_value_t = Spacing::Quadratic)]
-    pub(crate) spacing: Spacing,
-    /// Clip x̂₀ (`--clip false` to turn off).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) clip: bool,
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Images per sampling batch.
-    #[arg(long, default_value_t = 256)]
-    pub(crate) batch_size: usize,
-    /// σ_t² for ancestral sampling (default: the run's).
-    #[arg(long, value_enum)]
-    pub(crate) variance: Option<VarianceType>,
-    /// Langevin corrector steps after each sampler step (predictor–corrector; 0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub(crate) corrector_steps: usize,
-    /// Target signal-to-noise ratio of the corrector's step size.
-    #[arg(long, default_value_t = 0.16)]
-    pub(crate) snr: f64,
-    /// Noisy classifier run for classifier guidance (`ddpm classifier train`).
-    #[arg(long)]
-    pub(crate) classifier: Option<PathBuf>,
-    /// Class to steer every sample towards (default with --classifier: sample i gets class
-    /// i mod K, so the N samples cover every class equally).
-    #[arg(long)]
-    pub(crate) class: Option<usize>,
-    /// Guidance scale s (0 = unguided).
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) guidance_scale: f64,
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
     /// Clean classifier run (`ddpm classifier train --clean`) that judges guided samples:
     /// reports the fraction it assigns to the requested class.
     #[arg(long)]
@@ -201,58 +166,28 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
 
 pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
     let (config, model, step) = load_run_model(&a.run, device, true)?;
-    let mut dcfg = config.diffusion.clone();
-    if let Some(v) = a.variance {
-        dcfg.variance = v;
-    }
-    let diffusion = GaussianDiffusion::new(dcfg);
-    let sampler = build_sampler(&a.sampler, &diffusion, a.steps, a.eta, a.spacing, a.clip)?;
+    let plan = a.sampling.plan(&config.diffusion, "ddim", device)?;
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
-    let guide = match &a.classifier {
-        Some(dir) => {
-            let (ccfg, clf) = ddpm::train::classifier::load_classifier(dir, device, true)?;
-            let k = ccfg.model.num_classes;
-            if let Some(c) = a.class
-                && c >= k
-            {
-                bail!("--class {c}: the classifier has {k} classes");
-            }
-            Some((
-                ddpm::model::classifier::ClassifierGuide::new(clf, device),
-                k,
-            ))
-        }
-        None => None,
-    };
     let judge = match &a.judge {
         Some(dir) => Some(ddpm::train::classifier::load_classifier(dir, device, true)?),
         None => None,
     };
-    let num_classes = guide
+    let num_classes = plan
+        .classifier
         .as_ref()
         .map(|g| g.1)
-        .or(judge.as_ref().map(|j| j.0.model.num_classes));
+        .or(judge.as_ref().map(|j| j.0.model.num_classes))
+        .unwrap_or(1);
     // The class requested for sample i (guided or not: the judge scores unguided samples
     // against the same labels, which gives the chance level).
-    let label = |i: usize| a.class.unwrap_or(i % num_classes.unwrap_or(1));
+    let label = |i: usize| a.sampling.label(i, num_classes);
     let net = FidInception::load(&locate_weights(a.net.inception.as_deref())?, device)?;
     let real = dataset_features(&spec, a.split, Some(a.n), &net, a.net.fid_batch, device)?;
     println!(
-        "FID of {} (step {step}, EMA) with {} ({} steps{}{}): {} samples against {} {:?} images of `{spec}`",
+        "FID of {} (step {step}, EMA) with {}: {} samples against {} {:?} images of `{spec}`",
         a.run.display(),
-        a.sampler,
-        sampler.timesteps().len(),
-        if a.corrector_steps > 0 {
-            format!(", {} corrector step(s) at snr {}", a.corrector_steps, a.snr)
-        } else {
-            String::new()
-        },
-        match (&a.classifier, a.class) {
-            (Some(_), Some(c)) => format!(", guided to class {c} with s = {}", a.guidance_scale),
-            (Some(_), None) => format!(", guided to class i mod K with s = {}", a.guidance_scale),
-            _ => String::new(),
-        },
+        a.sampling.describe(&plan),
         a.n,
         real.len() / FEATURE_DIM,
         a.split
@@ -265,27 +200,24 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
     let mut first: Option<Tensor<4>> = None;
     let (mut t_sample, mut t_feat) = (0.0, 0.0);
     let mut correct = 0usize;
-    let corrector = (a.corrector_steps > 0).then_some(ddpm::sampling::Langevin {
-        steps: a.corrector_steps,
-        snr: a.snr,
+    let guide = plan.classifier.as_ref().map(|(g, _)| Guide {
+        classifier: g,
+        label: &label,
+        scale: a.sampling.guidance_scale,
     });
     while done < a.n {
-        let b = a.batch_size.min(a.n - done);
+        let b = a.sampling.batch_size.min(a.n - done);
         let labels: Vec<usize> = (done..done + b).map(label).collect();
         let ts = Instant::now();
-        let guidance = guide.as_ref().map(|(g, _)| ddpm::sampling::Guidance {
-            classifier: g as &dyn ddpm::sampling::ClassifierGrad,
-            labels: labels.clone(),
-            scale: a.guidance_scale,
-        });
+        let guidance = guide.map(|g| g.for_samples(done..done + b));
         let opts = ddpm::sampling::LoopOptions {
-            corrector,
+            corrector: plan.corrector,
             guidance: guidance.as_ref(),
         };
         let x_t = noise.normal([b, m.in_channels, m.image_size, m.image_size], device);
         let x = ddpm::sampling::sample_loop_with(
-            &diffusion,
-            sampler.as_ref(),
+            &plan.diffusion,
+            plan.sampler.as_ref(),
             &model,
             x_t,
             &mut noise,
@@ -338,9 +270,9 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
     let tag = a.tag.clone().unwrap_or_else(|| {
         format!(
             "fid_{}{}",
-            a.sampler,
-            if a.sampler == "ddim" {
-                format!("{}", a.steps)
+            plan.name,
+            if plan.name == "ddim" {
+                format!("{}", a.sampling.steps)
             } else {
                 String::new()
             }
@@ -359,11 +291,11 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
         &tag,
         serde_json::json!({
             "fid": fid, "precision": precision, "recall": recall, "n": a.n, "reference": spec,
-            "split": format!("{:?}", a.split).to_lowercase(), "sampler": a.sampler, "steps": sampler.timesteps().len(),
-            "eta": a.eta, "step": step, "seconds": secs, "sampling_seconds": t_sample, "inception_seconds": t_feat,
-            "corrector_steps": a.corrector_steps, "snr": a.snr,
-            "classifier": a.classifier.as_ref().map(|p| p.display().to_string()),
-            "class": a.class, "guidance_scale": a.classifier.as_ref().map(|_| a.guidance_scale),
+            "split": format!("{:?}", a.split).to_lowercase(), "sampler": plan.name, "steps": plan.sampler.timesteps().len(),
+            "eta": a.sampling.eta, "step": step, "seconds": secs, "sampling_seconds": t_sample, "inception_seconds": t_feat,
+            "corrector_steps": a.sampling.corrector_steps, "snr": a.sampling.snr,
+            "classifier": a.sampling.classifier.as_ref().map(|p| p.display().to_string()),
+            "class": a.sampling.class, "guidance_scale": a.sampling.classifier.as_ref().map(|_| a.sampling.guidance_scale),
             "judge": a.judge.as_ref().map(|p| p.display().to_string()), "judged_accuracy": accuracy,
         }),
     )?;

@@ -344,8 +344,87 @@ fn matmul(
     }
 }
 
+/// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout), AVX-512,
+/// and not switched off with `DDPM_CONV=gemm`.
+pub fn direct_applies(g: &ConvGeom) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    g.is_wide()
+        && super::direct::available()
+        && !*OFF.get_or_init(|| std::env::var("DDPM_CONV").is_ok_and(|v| v == "gemm"))
+}
+
+/// Tap offsets in the wide layout: `ky·Wp + kx`.
+fn wide_offsets(g: &ConvGeom) -> Vec<usize> {
+    let wp = g.padded_w();
+    (0..g.kh)
+        .flat_map(|ky| (0..g.kw).map(move |kx| ky * wp + kx))
+        .collect()
+}
+
+/// The convolution that gives the input gradient of a stride-1 convolution: `dy` padded by
+/// k − 1 − pad on each side, convolved with the flipped, transposed kernel, is `dx`. `None`
+/// when a padding exceeds k − 1 (then the gradient goes through col2im).
+fn input_grad_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    let [t, l, b, r] = g.pad;
+    (g.stride == 1 && t < g.kh && b < g.kh && l < g.kw && r < g.kw).then(|| ConvGeom {
+        batch: 1,
+        c_in: g.c_out,
+        h: g.out_h(),
+        w: g.out_w(),
+        c_out: g.c_in,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        pad: [g.kh - 1 - t, g.kw - 1 - l, g.kh - 1 - b, g.kw - 1 - r],
+    })
+}
+
+/// One image through the direct kernel: pad into `pad`, convolve into `wide`, crop into `y`.
+fn direct_image(
+    g: &ConvGeom,
+    x: &[f32],
+    wt: &[f32],
+    offs: &[usize],
+    bias: Option<&[f32]>,
+    work: &mut Work,
+    y: &mut [f32],
+) {
+    let n = g.gemm_n();
+    work.pad.resize(g.padded_len(), 0.0);
+    pad_image(g, x, &mut work.pad);
+    work.wide.resize(g.c_out * n, 0.0);
+    super::direct::conv_image(
+        &work.pad,
+        g.padded_plane(),
+        g.c_in,
+        offs,
+        wt,
+        g.c_out,
+        bias,
+        n,
+        &mut work.wide,
+    );
+    crop_wide(g, g.c_out, &work.wide, y);
+}
+
 /// `y = conv(x, weight) + bias`, NCHW; returns `[B, C_out, out_h, out_w]` flattened.
 pub fn conv2d_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    conv2d_forward_with(g, x, weight, bias, direct_applies(g))
+}
+
+/// [`conv2d_forward`] with the algorithm chosen by the caller: the direct kernel (`direct`,
+/// stride 1 with AVX-512 only) or im2col + GEMM.
+pub fn conv2d_forward_with(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    direct: bool,
+) -> Vec<f32> {
+    assert!(
+        !direct || (g.is_wide() && super::direct::available()),
+        "conv2d: direct kernel does not apply"
+    );
     assert_eq!(x.len(), g.batch * g.in_len(), "conv2d: input size");
     assert_eq!(weight.len(), g.c_out * g.col_rows(), "conv2d: weight size");
     let (p, kk) = (g.out_pixels(), g.col_rows());
@@ -354,8 +433,20 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f3
         return y;
     }
     let n = g.gemm_n();
+    let (wt, offs) = if direct {
+        (
+            super::direct::pack_weights(weight, g.c_out, g.c_in, g.kh * g.kw),
+            wide_offsets(g),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let image = |b: usize, y_img: &mut [f32], work: &mut Work, par: bool| {
         let x_img = &x[b * g.in_len()..][..g.in_len()];
+        if direct {
+            direct_image(g, x_img, &wt, &offs, bias, work, y_img);
+            return;
+        }
         let Work { pad, col, wide, .. } = work;
         let rhs = patches(g, x_img, pad, col);
         let dst: &mut [f32] = if g.is_wide() {
@@ -420,6 +511,27 @@ pub fn conv2d_backward(
     dy: &[f32],
     want: [bool; 3],
 ) -> ConvGrads {
+    conv2d_backward_with(g, x, weight, dy, want, direct_applies(g))
+}
+
+/// [`conv2d_backward`] with the algorithm of the input gradient chosen by the caller (see
+/// [`conv2d_forward_with`]); the weight gradient is always a GEMM.
+pub fn conv2d_backward_with(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    want: [bool; 3],
+    direct: bool,
+) -> ConvGrads {
+    let grad_geom = if direct { input_grad_geom(g) } else { None };
+    let (wt_t, offs_t) = match &grad_geom {
+        Some(gt) if want[0] => (
+            super::direct::pack_weights_transposed_flipped(weight, g.c_out, g.c_in, g.kh * g.kw),
+            wide_offsets(gt),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
     let (p, kk) = (g.out_pixels(), g.col_rows());
     assert_eq!(x.len(), g.batch * g.in_len(), "conv2d backward: input size");
     assert_eq!(weight.len(), g.c_out * kk, "conv2d backward: weight size");
@@ -500,7 +612,10 @@ pub fn conv2d_backward(
                     par,
                 );
             }
-            if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+            if let (Some(dx_chunk), Some(gt)) = (dx_chunk.as_deref_mut(), &grad_geom) {
+                let dx_img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
+                direct_image(gt, dy_img, &wt_t, &offs_t, None, &mut work, dx_img);
+            } else if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
                 let dx_img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
                 // dcol = Wᵀ [C_in·k·k × C_out] · dy_b [C_out × n]
                 let dst: &mut [f32] = if g.is_pointwise() {
@@ -638,6 +753,19 @@ mod tests {
             .collect()
     }
 
+    /// Both algorithms where the direct kernel applies (it needs AVX-512; without it only
+    /// the GEMM route is tested, and a line says so).
+    fn algorithms(g: &ConvGeom) -> Vec<bool> {
+        if g.is_wide() && super::super::direct::available() {
+            vec![false, true]
+        } else {
+            if g.is_wide() {
+                println!("{g:?}: no AVX-512 here, direct kernel not tested");
+            }
+            vec![false]
+        }
+    }
+
     fn geoms() -> Vec<ConvGeom> {
         let g = |batch, c_in, h, w, c_out, k, stride, pad| ConvGeom {
             batch,
@@ -659,6 +787,8 @@ mod tests {
             g(2, 3, 6, 6, 2, 5, 1, [2, 1, 2, 3]),
             g(1, 1, 2, 2, 1, 3, 1, [1, 1, 1, 1]),
             g(2, 3, 6, 5, 4, 3, 1, [0; 4]),
+            // 16 + 8 + 4 + 2 + 1 output channels: every register block size of the direct kernel.
+            g(2, 5, 9, 11, 31, 3, 1, [1, 1, 1, 1]),
             g(3, 2, 4, 4, 3, 2, 1, [0, 1, 1, 0]),
             // Inception's factorised 1×7 / 7×1 / 1×3 / 3×1 kernels.
             ConvGeom {
@@ -685,11 +815,16 @@ mod tests {
             let x = lcg(g.batch * g.in_len(), i as u64);
             let w = lcg(g.c_out * g.col_rows(), 100 + i as u64);
             let bias = lcg(g.c_out, 200 + i as u64);
-            let y = conv2d_forward(&g, &x, &w, Some(&bias));
             let r = naive_forward(&g, &x, &w, &bias);
-            assert_eq!(y.len(), r.len());
-            for (a, b) in y.iter().zip(&r) {
-                assert!((*a as f64 - b).abs() < 1e-5, "{g:?}: {a} vs {b}");
+            for direct in algorithms(&g) {
+                let y = conv2d_forward_with(&g, &x, &w, Some(&bias), direct);
+                assert_eq!(y.len(), r.len());
+                for (a, b) in y.iter().zip(&r) {
+                    assert!(
+                        (*a as f64 - b).abs() < 1e-5,
+                        "{g:?} direct {direct}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
@@ -703,45 +838,47 @@ mod tests {
             let w = lcg(g.c_out * g.col_rows(), 400 + i as u64);
             let bias = lcg(g.c_out, 500 + i as u64);
             let dy = lcg(g.batch * g.c_out * g.out_pixels(), 600 + i as u64);
-            let grads = conv2d_backward(&g, &x, &w, &dy, [true, true, true]);
-            let loss = |x: &[f32], w: &[f32], bias: &[f32]| -> f64 {
-                naive_forward(&g, x, w, bias)
-                    .iter()
-                    .zip(&dy)
-                    .map(|(y, d)| y * *d as f64)
-                    .sum()
-            };
-            let h = 0.5f32; // the loss is linear: any step is exact up to rounding
-            let check = |name: &str, got: &[f32], which: usize| {
-                let n = got.len();
-                for j in (0..n).step_by((n / 23).max(1)) {
-                    let (mut xp, mut wp, mut bp) = (x.clone(), w.clone(), bias.clone());
-                    let (mut xm, mut wm, mut bm) = (x.clone(), w.clone(), bias.clone());
-                    match which {
-                        0 => {
-                            xp[j] += h;
-                            xm[j] -= h;
+            for direct in algorithms(&g) {
+                let grads = conv2d_backward_with(&g, &x, &w, &dy, [true, true, true], direct);
+                let loss = |x: &[f32], w: &[f32], bias: &[f32]| -> f64 {
+                    naive_forward(&g, x, w, bias)
+                        .iter()
+                        .zip(&dy)
+                        .map(|(y, d)| y * *d as f64)
+                        .sum()
+                };
+                let h = 0.5f32; // the loss is linear: any step is exact up to rounding
+                let check = |name: &str, got: &[f32], which: usize| {
+                    let n = got.len();
+                    for j in (0..n).step_by((n / 23).max(1)) {
+                        let (mut xp, mut wp, mut bp) = (x.clone(), w.clone(), bias.clone());
+                        let (mut xm, mut wm, mut bm) = (x.clone(), w.clone(), bias.clone());
+                        match which {
+                            0 => {
+                                xp[j] += h;
+                                xm[j] -= h;
+                            }
+                            1 => {
+                                wp[j] += h;
+                                wm[j] -= h;
+                            }
+                            _ => {
+                                bp[j] += h;
+                                bm[j] -= h;
+                            }
                         }
-                        1 => {
-                            wp[j] += h;
-                            wm[j] -= h;
-                        }
-                        _ => {
-                            bp[j] += h;
-                            bm[j] -= h;
-                        }
+                        let fd = (loss(&xp, &wp, &bp) - loss(&xm, &wm, &bm)) / (2.0 * h as f64);
+                        assert!(
+                            (got[j] as f64 - fd).abs() < 1e-4 * (1.0 + fd.abs()),
+                            "{g:?} d{name}[{j}]: {} vs {fd}",
+                            got[j]
+                        );
                     }
-                    let fd = (loss(&xp, &wp, &bp) - loss(&xm, &wm, &bm)) / (2.0 * h as f64);
-                    assert!(
-                        (got[j] as f64 - fd).abs() < 1e-4 * (1.0 + fd.abs()),
-                        "{g:?} d{name}[{j}]: {} vs {fd}",
-                        got[j]
-                    );
-                }
-            };
-            check("x", grads.x.as_ref().unwrap(), 0);
-            check("w", grads.weight.as_ref().unwrap(), 1);
-            check("b", grads.bias.as_ref().unwrap(), 2);
+                };
+                check("x", grads.x.as_ref().unwrap(), 0);
+                check("w", grads.weight.as_ref().unwrap(), 1);
+                check("b", grads.bias.as_ref().unwrap(), 2);
+            }
         }
     }
 

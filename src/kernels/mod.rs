@@ -8,6 +8,7 @@
 //! `tests/kernels.rs`.
 
 pub mod conv;
+pub mod direct;
 pub mod norm;
 pub mod pool;
 pub mod simd;

@@ -1,0 +1,178 @@
+//! Direct stride-1 convolution with an AVX-512 register-blocked micro-kernel.
+//!
+//! The GEMM route copies the input nine times into a patch matrix, and the GEMM then copies
+//! that matrix again into its packed panels. Here the micro-kernel reads the zero-padded input
+//! planes in place: in the "wide" layout of [`super::conv`] the input that output position `q`
+//! needs for tap (ky, kx) sits at `q + ky·Wp + kx`, so 16 consecutive outputs need 16
+//! consecutive inputs — one vector load — for every (input channel, tap). Each load feeds
+//! up to 16 fused multiply-adds, one per output channel of the block, with the weight
+//! broadcast from a `[C_in][tap][C_out]` copy of the kernel; the 16×16 outputs of a block stay
+//! in registers until every input channel and tap has been added.
+//!
+//! The input gradient of a stride-1 convolution is itself a stride-1 convolution (of the
+//! padded output gradient with the flipped, transposed kernel), so it runs on the same kernel.
+
+/// Weights as `[C_in][tap][C_out]` (output channels contiguous, for broadcast loads), from
+/// `[C_out][C_in][taps]`.
+pub fn pack_weights(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f32> {
+    let mut packed = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..taps {
+                packed[(ci * taps + t) * c_out + co] = w[(co * c_in + ci) * taps + t];
+            }
+        }
+    }
+    packed
+}
+
+/// The kernel of the input gradient, packed like [`pack_weights`] for a convolution from
+/// `C_out` to `C_in` channels: `w'[ci][co][t] = w[co][ci][taps − 1 − t]` (flipped in both axes).
+pub fn pack_weights_transposed_flipped(
+    w: &[f32],
+    c_out: usize,
+    c_in: usize,
+    taps: usize,
+) -> Vec<f32> {
+    let mut packed = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..taps {
+                // As a convolution from C_out channels to C_in: input channel co, output ci.
+                packed[(co * taps + t) * c_in + ci] = w[(co * c_in + ci) * taps + (taps - 1 - t)];
+            }
+        }
+    }
+    packed
+}
+
+/// Whether the micro-kernel can run on this CPU.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One image: `y[co][q] = bias[co] + Σ_ci Σ_t wt[ci][t][co] · xpad[ci·plane + q + offs[t]]`
+/// for `q < n`, where `xpad` holds `c_in` planes of `plane` values and enough slack after the
+/// last that `n − 1 + max(offs)` stays inside it.
+///
+/// # Panics
+/// If the slices are too short for these sizes, or if AVX-512 is not [`available`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_image(
+    xpad: &[f32],
+    plane: usize,
+    c_in: usize,
+    offs: &[usize],
+    wt: &[f32],
+    c_out: usize,
+    bias: Option<&[f32]>,
+    n: usize,
+    y: &mut [f32],
+) {
+    let taps = offs.len();
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    assert!(c_in == 0 || n == 0 || (c_in - 1) * plane + n - 1 + max_off < xpad.len());
+    assert_eq!(
+        wt.len(),
+        c_in * taps * c_out,
+        "direct conv: packed weight size"
+    );
+    assert!(y.len() >= c_out * n, "direct conv: output size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), c_out, "direct conv: bias size");
+    }
+    assert!(available(), "direct conv: needs AVX-512");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut co0 = 0;
+        while co0 < c_out {
+            let rem = c_out - co0;
+            let cb = [16, 8, 4, 2, 1].into_iter().find(|&c| c <= rem).unwrap();
+            let args = Block {
+                xpad,
+                plane,
+                c_in,
+                offs,
+                wt,
+                c_out,
+                bias,
+                n,
+                co0,
+            };
+            // SAFETY: `available()` checked AVX-512; the asserts above bound every access.
+            unsafe {
+                match cb {
+                    16 => avx512::block::<16>(&args, y),
+                    8 => avx512::block::<8>(&args, y),
+                    4 => avx512::block::<4>(&args, y),
+                    2 => avx512::block::<2>(&args, y),
+                    _ => avx512::block::<1>(&args, y),
+                }
+            }
+            co0 += cb;
+        }
+    }
+}
+
+/// The operands of one block of output channels.
+struct Block<'a> {
+    xpad: &'a [f32],
+    plane: usize,
+    c_in: usize,
+    offs: &'a [usize],
+    wt: &'a [f32],
+    c_out: usize,
+    bias: Option<&'a [f32]>,
+    n: usize,
+    co0: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Block;
+    use std::arch::x86_64::*;
+
+    /// Output channels `co0 .. co0 + CB`, all positions, 16 at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block<const CB: usize>(a: &Block, y: &mut [f32]) {
+        let taps = a.offs.len();
+        let xp = a.xpad.as_ptr();
+        let yp = y.as_mut_ptr();
+        let mut q0 = 0;
+        while q0 < a.n {
+            let len = (a.n - q0).min(16);
+            let mask = ((1u32 << len) - 1) as __mmask16;
+            let mut acc = [_mm512_setzero_ps(); CB];
+            if let Some(b) = a.bias {
+                for (j, v) in acc.iter_mut().enumerate() {
+                    *v = _mm512_set1_ps(b[a.co0 + j]);
+                }
+            }
+            for ci in 0..a.c_in {
+                // SAFETY (all pointer arithmetic below): the caller asserted that every
+                // position `ci·plane + q + off` with q < n is inside `xpad`; masked-off lanes
+                // are not read. Weight indices stay below c_in·taps·c_out.
+                let xb = unsafe { xp.add(ci * a.plane + q0) };
+                let wb = &a.wt[ci * taps * a.c_out + a.co0..];
+                for (t, &off) in a.offs.iter().enumerate() {
+                    let xv = unsafe { _mm512_maskz_loadu_ps(mask, xb.add(off)) };
+                    let w = &wb[t * a.c_out..][..CB];
+                    for j in 0..CB {
+                        acc[j] = _mm512_fmadd_ps(xv, _mm512_set1_ps(w[j]), acc[j]);
+                    }
+                }
+            }
+            for (j, v) in acc.iter().enumerate() {
+                unsafe { _mm512_mask_storeu_ps(yp.add((a.co0 + j) * a.n + q0), mask, *v) };
+            }
+            q0 += 16;
+        }
+    }
+}
