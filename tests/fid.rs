@@ -163,3 +163,58 @@ fn torchscript_default_1_pt_reads_like_the_safetensors_conversion() {
         assert!(va == vb, "{na} differs");
     }
 }
+
+/// The GEMM-based distances give the same precision/recall as the definition evaluated
+/// directly, on random overlapping sets (ties have probability zero).
+#[test]
+fn precision_recall_matches_the_direct_definition() {
+    let d = 16;
+    let mut s = 12345u64;
+    let mut rnd = |n: usize, shift: f32| -> Vec<f32> {
+        (0..n * d)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 + shift
+            })
+            .collect()
+    };
+    let (real, fake) = (rnd(300, 0.0), rnd(250, 0.15));
+    let dist = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
+    };
+    let radii = |set: &[f32]| -> Vec<f64> {
+        let n = set.len() / d;
+        (0..n)
+            .map(|i| {
+                let mut v: Vec<f64> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| dist(&set[i * d..][..d], &set[j * d..][..d]))
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[2]
+            })
+            .collect()
+    };
+    let covered = |m: &[f32], r: &[f64], probes: &[f32]| -> f64 {
+        let n = probes.len() / d;
+        let hits = (0..n)
+            .filter(|&i| {
+                (0..m.len() / d).any(|j| dist(&probes[i * d..][..d], &m[j * d..][..d]) <= r[j])
+            })
+            .count();
+        hits as f64 / n as f64
+    };
+    let want = (
+        covered(&real, &radii(&real), &fake),
+        covered(&fake, &radii(&fake), &real),
+    );
+    let got = precision_recall(&real, &fake, d, 3);
+    println!("precision/recall: direct {want:?}, GEMM {got:?}");
+    assert!(
+        want.0 > 0.2 && want.0 < 0.99 && want.1 > 0.2 && want.1 < 0.99,
+        "{want:?}"
+    );
+    assert_eq!(got, want);
+}

@@ -220,41 +220,126 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
 /// falls inside the k-NN ball (k = 3 by default) of some point of the other set. Precision: the
 /// share of generated features inside the real manifold; recall: the share of real features
 /// inside the generated manifold.
+///
+/// Pairwise squared distances come from one GEMM per block of rows, `‖a‖² + ‖b‖² − 2·a·bᵀ` in
+/// f64 (10k × 10k × 2048 features take seconds, where the direct loop took minutes).
 pub fn precision_recall(real: &[f32], fake: &[f32], d: usize, k: usize) -> (f64, f64) {
-    use rayon::prelude::*;
-    let radii = |set: &[f32]| -> Vec<f32> {
-        let n = set.len() / d;
-        (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let mut dists: Vec<f32> = (0..n)
-                    .filter(|&j| j != i)
-                    .map(|j| sq_dist(&set[i * d..(i + 1) * d], &set[j * d..(j + 1) * d]))
-                    .collect();
-                let kk = k.min(dists.len()).max(1) - 1;
-                dists.select_nth_unstable_by(kk, |a, b| a.partial_cmp(b).unwrap());
-                dists[kk]
-            })
-            .collect()
-    };
-    let covered = |manifold: &[f32], radii: &[f32], probes: &[f32]| -> f64 {
-        let n = probes.len() / d;
-        let m = manifold.len() / d;
-        let hits = (0..n)
-            .into_par_iter()
-            .filter(|&i| {
-                let p = &probes[i * d..(i + 1) * d];
-                (0..m).any(|j| sq_dist(p, &manifold[j * d..(j + 1) * d]) <= radii[j])
-            })
-            .count();
-        hits as f64 / n.max(1) as f64
-    };
-    let (rr, rf) = (radii(real), radii(fake));
-    (covered(real, &rr, fake), covered(fake, &rf, real))
+    let real = FeatureRows::new(real, d);
+    let fake = FeatureRows::new(fake, d);
+    let (rr, rf) = (real.knn_radii(k), fake.knn_radii(k));
+    (real.coverage(&rr, &fake), fake.coverage(&rf, &real))
 }
 
-fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+/// Feature rows in f64 with their squared norms.
+struct FeatureRows {
+    x: Vec<f64>,
+    norms: Vec<f64>,
+    d: usize,
+}
+
+/// Rows per block of the distance matrix.
+const DIST_BLOCK: usize = 512;
+
+impl FeatureRows {
+    fn new(x: &[f32], d: usize) -> Self {
+        let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let norms = x.chunks(d).map(|r| r.iter().map(|v| v * v).sum()).collect();
+        FeatureRows { x, norms, d }
+    }
+
+    fn len(&self) -> usize {
+        self.norms.len()
+    }
+
+    /// Squared distances from rows `start..start + rows` of `self` to every row of `other`,
+    /// `[rows × other.len()]`.
+    fn distances(&self, start: usize, rows: usize, other: &FeatureRows) -> Vec<f64> {
+        let (m, d) = (other.len(), self.d);
+        let mut out = vec![0f64; rows * m];
+        if rows == 0 || m == 0 {
+            return out;
+        }
+        let a = &self.x[start * d..(start + rows) * d];
+        // SAFETY: dst is rows × m (row stride m), lhs rows × d (row stride d), rhs is otherᵀ:
+        // d × m with element (i, j) at j·d + i; every index stays inside the three slices.
+        unsafe {
+            gemm::gemm(
+                rows,
+                m,
+                d,
+                out.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                a.as_ptr(),
+                1,
+                d as isize,
+                other.x.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                -2.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        for (i, row) in out.chunks_mut(m).enumerate() {
+            let ni = self.norms[start + i];
+            for (v, nj) in row.iter_mut().zip(&other.norms) {
+                *v = (*v + ni + nj).max(0.0);
+            }
+        }
+        out
+    }
+
+    /// Each row's squared distance to its k-th nearest other row of the same set.
+    fn knn_radii(&self, k: usize) -> Vec<f64> {
+        use rayon::prelude::*;
+        let n = self.len();
+        let mut radii = Vec::with_capacity(n);
+        for start in (0..n).step_by(DIST_BLOCK) {
+            let rows = DIST_BLOCK.min(n - start);
+            let dist = self.distances(start, rows, self);
+            radii.extend(
+                dist.par_chunks(n.max(1))
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let mut others: Vec<f64> = row
+                            .iter()
+                            .enumerate()
+                            .filter(|&(j, _)| j != start + i)
+                            .map(|(_, &v)| v)
+                            .collect();
+                        if others.is_empty() {
+                            return 0.0;
+                        }
+                        let kk = k.clamp(1, others.len()) - 1;
+                        others.select_nth_unstable_by(kk, |a, b| a.total_cmp(b));
+                        others[kk]
+                    })
+                    .collect::<Vec<f64>>(),
+            );
+        }
+        radii
+    }
+
+    /// The share of `probes` rows inside some row's k-NN ball (`radii`) of this set.
+    fn coverage(&self, radii: &[f64], probes: &FeatureRows) -> f64 {
+        use rayon::prelude::*;
+        let n = probes.len();
+        let mut hits = 0usize;
+        for start in (0..n).step_by(DIST_BLOCK) {
+            let rows = DIST_BLOCK.min(n - start);
+            let dist = probes.distances(start, rows, self);
+            hits += dist
+                .par_chunks(self.len().max(1))
+                .filter(|row| row.iter().zip(radii).any(|(d, r)| d <= r))
+                .count();
+        }
+        hits as f64 / n.max(1) as f64
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
