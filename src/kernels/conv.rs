@@ -344,11 +344,24 @@ fn matmul(
     }
 }
 
-/// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout), AVX-512,
-/// and not switched off with `DDPM_CONV=gemm`.
+/// Largest C_in·kh·kw for the direct kernel: its weight block (C_in·kh·kw × 16 floats) must stay
+/// in the 48 KiB L1 cache. Measured (BENCHMARKS.md): with 32–64 channels (small28) the direct
+/// kernel is 4–9% faster than the GEMM route; with the 128–256 channels of `cifar10` it was
+/// slower, so convolutions with more than [`DIRECT_MAX_CHANNELS`] outputs stay on the GEMM.
+const DIRECT_MAX_DEPTH: usize = 576;
+/// Largest C_out for the direct kernel.
+const DIRECT_MAX_CHANNELS: usize = 64;
+
+fn direct_fits(g: &ConvGeom) -> bool {
+    g.col_rows() <= DIRECT_MAX_DEPTH && g.c_out <= DIRECT_MAX_CHANNELS
+}
+
+/// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout), small
+/// enough ([`DIRECT_MAX_DEPTH`], [`DIRECT_MAX_CHANNELS`]), AVX-512, and not switched off with `DDPM_CONV=gemm`.
 pub fn direct_applies(g: &ConvGeom) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     g.is_wide()
+        && direct_fits(g)
         && super::direct::available()
         && !*OFF.get_or_init(|| std::env::var("DDPM_CONV").is_ok_and(|v| v == "gemm"))
 }
@@ -524,7 +537,11 @@ pub fn conv2d_backward_with(
     want: [bool; 3],
     direct: bool,
 ) -> ConvGrads {
-    let grad_geom = if direct { input_grad_geom(g) } else { None };
+    let grad_geom = if direct {
+        input_grad_geom(g).filter(direct_fits)
+    } else {
+        None
+    };
     let (wt_t, offs_t) = match &grad_geom {
         Some(gt) if want[0] => (
             super::direct::pack_weights_transposed_flipped(weight, g.c_out, g.c_in, g.kh * g.kw),
