@@ -301,15 +301,7 @@ mod tests {
     use super::*;
 
     fn lcg(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
+        crate::testing::lcg_values(n, seed, 1, 2.0)
     }
 
     /// The definition in f64.
