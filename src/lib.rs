@@ -38,6 +38,7 @@ pub mod kernels;
 pub mod likelihood;
 pub mod metrics;
 pub mod model;
+pub mod noise;
 pub mod oracle;
 pub mod params;
 pub mod sampling;

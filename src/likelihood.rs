@@ -6,7 +6,8 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::diffusion::{EpsModel, GaussianDiffusion};
-use crate::sampling::NoiseSource;
+use crate::noise::NoiseSource;
+use crate::schedule::NoiseSchedule;
 
 /// KL(N(μ1, v1) ‖ N(μ2, v2)) per dimension, in nats (theory.md §4):
 /// `½(log v2 − log v1 + (v1 + (μ1−μ2)²)/v2 − 1)`.
@@ -14,6 +15,15 @@ pub fn normal_kl(mean1: f64, logvar1: f64, mean2: f64, logvar2: f64) -> f64 {
     0.5 * (-1.0 + logvar2 - logvar1
         + (logvar1 - logvar2).exp()
         + (mean1 - mean2).powi(2) * (-logvar2).exp())
+}
+
+/// The prior term `L_T = KL(q(x_T|x_0) ‖ N(0, I))` for one pixel value `x0`, in nats
+/// (Ho et al. eq. 5 with μ1 = √ᾱ_T x_0, v1 = 1 − ᾱ_T, μ2 = 0, v2 = 1).
+pub fn prior_kl_nats(schedule: &NoiseSchedule, x0: f64) -> f64 {
+    let i = schedule.num_timesteps - 1;
+    let mean = schedule.sqrt_alphas_cumprod[i] * x0;
+    let var = 1.0 - schedule.alphas_cumprod[i];
+    normal_kl(mean, var.ln(), 0.0, 0.0)
 }
 
 /// Standard normal CDF Φ(x), accurate to ~1e-15 (via erfc).
@@ -132,7 +142,7 @@ pub fn calc_bpd(
         .map(|i| {
             let img = &x0[i * d..(i + 1) * d];
             let prior =
-                img.iter().map(|&v| s.prior_kl_nats(v as f64)).sum::<f64>() / (d as f64 * ln2);
+                img.iter().map(|&v| prior_kl_nats(s, v as f64)).sum::<f64>() / (d as f64 * ln2);
             BpdTerms {
                 prior,
                 terms: vec![0.0; t_max],
@@ -259,6 +269,16 @@ mod tests {
                 })
                 .sum();
             assert!((total - 1.0).abs() < 1e-12, "mean {mean}: Σ = {total}");
+        }
+    }
+
+    #[test]
+    fn prior_term_at_pixel_extremes_is_tiny() {
+        // theory.md §1: L_T ≈ 2.9e-5 bits/dim for a pixel at ±1.
+        let s = NoiseSchedule::new(&crate::schedule::BetaSchedule::linear(), 1000);
+        for x0 in [-1.0, 1.0] {
+            let bits = prior_kl_nats(&s, x0) / std::f64::consts::LN_2;
+            assert!((bits - 2.9e-5).abs() < 0.1e-5, "L_T = {bits} bits/dim");
         }
     }
 }

@@ -184,15 +184,6 @@ impl NoiseSchedule {
             alphas_cumprod_prev,
         }
     }
-
-    /// The prior term `L_T = KL(q(x_T|x_0) ‖ N(0, I))` for one pixel value `x0`, in nats
-    /// (theory.md §4 with μ1 = √ᾱ_T x_0, v1 = 1 − ᾱ_T, μ2 = 0, v2 = 1).
-    pub fn prior_kl_nats(&self, x0: f64) -> f64 {
-        let i = self.num_timesteps - 1;
-        let mean = self.sqrt_alphas_cumprod[i] * x0;
-        let var = 1.0 - self.alphas_cumprod[i];
-        crate::likelihood::normal_kl(mean, var.ln(), 0.0, 0.0)
-    }
 }
 
 #[cfg(test)]
@@ -221,16 +212,6 @@ mod tests {
         // ᾱ_1 = α_1, ᾱ_0 = 1.
         assert_eq!(s.alphas_cumprod_prev[0], 1.0);
         assert!((s.alphas_cumprod[0] - (1.0 - 1e-4)).abs() < 1e-15);
-    }
-
-    #[test]
-    fn prior_term_at_pixel_extremes_is_tiny() {
-        // theory.md §1: L_T ≈ 2.9e-5 bits/dim for a pixel at ±1.
-        let s = linear();
-        for x0 in [-1.0, 1.0] {
-            let bits = s.prior_kl_nats(x0) / std::f64::consts::LN_2;
-            assert!((bits - 2.9e-5).abs() < 0.1e-5, "L_T = {bits} bits/dim");
-        }
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub(crate) fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
     );
     println!(
         "  prior term L_T = KL(q(x_T|x_0) ‖ N(0,I)): {:.3e} bits/dim at x_0 = ±1, {:.3e} at x_0 = 0",
-        s.prior_kl_nats(1.0) / ln2,
-        s.prior_kl_nats(0.0) / ln2
+        ddpm::likelihood::prior_kl_nats(s, 1.0) / ln2,
+        ddpm::likelihood::prior_kl_nats(s, 0.0) / ln2
     );
     println!("  √ᾱ_t (signal) and √(1−ᾱ_t) (noise) at the chosen t:");
     for &t in &a.t {
