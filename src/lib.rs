@@ -9,7 +9,7 @@
 //! use burn::tensor::Device;
 //! use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 //! use ddpm::model::UNetConfig;
-//! use ddpm::sampling::{Ddim, NoiseSource, Spacing, sample, timestep_subsequence};
+//! use ddpm::sampling::{BatchOptions, SamplerConfig, sample_batched};
 //! use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
 //!
 //! let device = Device::flex();
@@ -24,9 +24,9 @@
 //! // Sample 16 digits with 50 DDIM steps from the EMA weights and save a grid.
 //! let (config, model, _step) = load_run_model(run, &device, true)?;
 //! let diffusion = GaussianDiffusion::new(config.diffusion);
-//! let sampler = Ddim::new(timestep_subsequence(1000, 50, Spacing::Quadratic), 0.0, true);
-//! let mut noise = NoiseSource::new(0);
-//! let x = sample(&diffusion, &sampler, &model, [16, 1, 28, 28], &device, &mut noise, |_, _| {});
+//! let sampler = SamplerConfig::from_name("dpm-solver++", 20, 0.0, None, true).unwrap().build(&diffusion);
+//! let opts = BatchOptions { seed: 0, ..Default::default() };
+//! let x = sample_batched(&diffusion, sampler.as_ref(), &model, [1, 28, 28], 16, &device, &opts, |_, _, _| {});
 //! ddpm::image::save_grid(x, 4, "runs/tiny/grid.png".as_ref())?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```

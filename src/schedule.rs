@@ -184,6 +184,12 @@ impl NoiseSchedule {
             alphas_cumprod_prev,
         }
     }
+
+    /// μ̃_t(x_t, x_0) = coef1·x_0 + coef2·x_t for one value (Ho et al. eq. 7), the scalar twin of
+    /// `GaussianDiffusion::q_posterior_mean_variance` used by the bound on the host.
+    pub fn posterior_mean(&self, t: usize, x0: f64, x_t: f64) -> f64 {
+        self.posterior_mean_coef1[t] * x0 + self.posterior_mean_coef2[t] * x_t
+    }
 }
 
 #[cfg(test)]

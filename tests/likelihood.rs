@@ -83,6 +83,7 @@ fn bound_with_the_exact_predictor_is_at_least_and_close_to_the_true_nll() {
         let expected = match variance {
             VarianceType::Small => 0.747,
             VarianceType::Large => 0.114,
+            VarianceType::Learned => unreachable!("only the fixed variances are looped over"),
         };
         assert!(
             (margin - expected).abs() < 0.15,

@@ -3,7 +3,7 @@
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion, VarianceType};
 use ddpm::oracle::{FiniteSetOracle, GaussianOracle};
-use ddpm::sampling::{Ancestral, NoiseSource, sample};
+use ddpm::sampling::{Ancestral, NoiseSource, StepContext, sample};
 
 fn moments(x: Tensor<4>) -> (f64, f64) {
     let v: Vec<f32> = x.into_data().try_into_vec().unwrap();
@@ -186,7 +186,11 @@ fn same_seed_gives_identical_unet_samples() {
         ..Default::default()
     });
     let ddpm = Ancestral::new(&d, true);
-    let ddim = Ddim::new(timestep_subsequence(20, 5, Spacing::Linear), 0.5, true);
+    let ddim = Ddim::new(
+        timestep_subsequence(&d.schedule, 5, Spacing::Linear),
+        0.5,
+        true,
+    );
     for sampler in [&ddpm as &dyn ddpm::sampling::Sampler, &ddim] {
         let run = |seed| {
             let mut noise = NoiseSource::new(seed);
@@ -217,7 +221,7 @@ fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
     let n = 100_000;
     let mut errors = Vec::new();
     for (steps, paper_std) in [(10usize, 0.362), (20, 0.430), (50, 0.472), (100, 0.488)] {
-        let ts = timestep_subsequence(1000, steps, Spacing::Linear);
+        let ts = timestep_subsequence(&d.schedule, steps, Spacing::Linear);
         assert_eq!(ts.len(), steps);
         assert_eq!((ts[0], *ts.last().unwrap()), (999, 0));
         let sampler = Ddim::new(ts, 0.0, false);
@@ -296,7 +300,7 @@ fn ddim_encode_then_decode_returns_the_data_points() {
         })
         .collect();
     let oracle = FiniteSetOracle::new(&d, points.clone());
-    let ts = timestep_subsequence(1000, 200, Spacing::Linear);
+    let ts = timestep_subsequence(&d.schedule, 200, Spacing::Linear);
     let x0: Vec<f32> = points.iter().flatten().map(|&v| v as f32).collect();
     let x0 = Tensor::<4>::from_data(TensorData::new(x0.clone(), [8, 3, 1, 1]), &device);
     let latent = ddim_encode(&d, &oracle, x0.clone(), &ts, |_| {});
@@ -356,7 +360,7 @@ fn langevin_corrector_keeps_the_noisy_marginal() {
             steps: 20,
             snr: 0.16,
         };
-        let y = c.correct(&d, &oracle, x, t, &mut noise);
+        let y = c.correct(&mut StepContext::new(&d, &oracle, &mut noise), x, t);
         let (ym, ys) = moments(y);
         println!("t={t}: after 20 corrector steps mean {ym:.4} std {ys:.4}; q_t: {mt:.4} {st:.4}");
         assert!((ym - mt).abs() < 0.01 * st, "mean {ym} vs {mt}");
@@ -369,7 +373,7 @@ fn langevin_corrector_keeps_the_noisy_marginal() {
             .map(|z| (mt + st * z as f64) as f32)
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(x, [n, 1, 1, 1]), &device);
-        let (bm, _) = moments(c.correct(&d, &bad, x, t, &mut noise));
+        let (bm, _) = moments(c.correct(&mut StepContext::new(&d, &bad, &mut noise), x, t));
         assert!(
             (bm - mt).abs() > 0.01 * st,
             "a wrong score went unnoticed ({bm})"
@@ -385,7 +389,11 @@ fn predictor_corrector_improves_few_step_ddim() {
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig::default());
     let oracle = GaussianOracle::new(&d, 0.3, 0.5);
-    let sampler = Ddim::new(timestep_subsequence(1000, 10, Spacing::Linear), 0.0, false);
+    let sampler = Ddim::new(
+        timestep_subsequence(&d.schedule, 10, Spacing::Linear),
+        0.0,
+        false,
+    );
     let n = 50_000;
     let run = |corrector: Option<Langevin>| {
         let mut noise = NoiseSource::new(8);
@@ -393,6 +401,7 @@ fn predictor_corrector_improves_few_step_ddim() {
         let opts = LoopOptions {
             corrector,
             guidance: None,
+            conditioning: None,
         };
         moments(sample_loop_with(
             &d,
@@ -437,7 +446,11 @@ fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
     let mix_mean = 0.5 * (-0.5) + 0.5 * 0.4;
     let mix_std = (0.5 * 0.04 + 0.5 * 0.09 + 0.25 * 0.81f64).sqrt();
     let ddpm = Ancestral::new(&d, false);
-    let ddim = Ddim::new(timestep_subsequence(1000, 250, Spacing::Linear), 0.0, false);
+    let ddim = Ddim::new(
+        timestep_subsequence(&d.schedule, 250, Spacing::Linear),
+        0.0,
+        false,
+    );
     for (name, sampler) in [("DDPM", &ddpm as &dyn Sampler), ("DDIM-250", &ddim)] {
         for (scale, class) in [(1.0, 1usize), (1.0, 0), (0.0, 1)] {
             let guidance = Guidance {
@@ -448,6 +461,7 @@ fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
             let opts = LoopOptions {
                 corrector: None,
                 guidance: Some(&guidance),
+                conditioning: None,
             };
             let mut noise = NoiseSource::new(31);
             let x = noise.normal([n, 1, 1, 1], &device);

@@ -56,7 +56,7 @@ fn tiny_model_overfits_one_fixed_batch() {
     let eps = noise.normal(shape, &device);
     let t: Vec<usize> = vec![10, 100, 200, 300, 400, 500, 700, 900];
     let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-    let xt = diffusion.q_sample(x0, &t, eps.clone());
+    let xt = diffusion.q_sample(x0.clone(), &t, eps.clone());
     let mut state = TrainState::new(
         params::collect(&model)
             .into_iter()
@@ -72,7 +72,9 @@ fn tiny_model_overfits_one_fixed_batch() {
     for _ in 0..300 {
         let xt = Tensor::<4>::from_data(xt.to_data(), &ad);
         let e = Tensor::<4>::from_data(eps.to_data(), &ad);
-        let loss = diffusion.training_loss(e, model.forward(xt, &tf, true), &t);
+        let x0a = Tensor::<4>::from_data(x0.to_data(), &ad);
+        let raw = model.forward(xt.clone(), &tf, true);
+        let loss = diffusion.training_loss(raw, x0a, e, xt, &t);
         losses.push(
             loss.clone()
                 .into_data()

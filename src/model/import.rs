@@ -93,6 +93,8 @@ pub fn config_from_diffusers(json: &Value) -> Result<UNetConfig> {
         dropout: get("dropout").ok().and_then(|v| v.as_f64()).unwrap_or(0.0),
         norm_groups: usize_of("norm_num_groups")?,
         norm_eps: get("norm_eps")?.as_f64().context("norm_eps")?,
+        out_channels: None,
+        num_class_embeds: None,
     };
     let sizes = config.level_sizes();
     for (l, kind) in down.iter().enumerate() {

@@ -300,13 +300,13 @@ impl Trainer {
             .collect();
         let mut noise = NoiseSource::new(mix(tc.seed, step, 2));
         let eps = noise.normal(x0.dims(), &ad);
-        let x_t = self.diffusion.q_sample(x0, &t, eps.clone());
+        let x_t = self.diffusion.q_sample(x0.clone(), &t, eps.clone());
         if self.config.model.dropout > 0.0 {
             ad.seed(mix(tc.seed, step, 3));
         }
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-        let eps_pred = model.forward(x_t, &tf, true);
-        let loss = self.diffusion.training_loss(eps, eps_pred, &t);
+        let raw = model.forward(x_t.clone(), &tf, true);
+        let loss = self.diffusion.training_loss(raw, x0, eps, x_t, &t);
         let value = loss
             .clone()
             .into_data()
@@ -340,7 +340,7 @@ impl Trainer {
         let m = &self.config.model;
         let model = self.model_with(&self.state.ema);
         let ts = timestep_subsequence(
-            self.diffusion.num_timesteps(),
+            &self.diffusion.schedule,
             tc.preview_steps,
             Spacing::Quadratic,
         );
