@@ -476,11 +476,12 @@ impl GaussianDiffusion {
                     LossType::Simple => 1.0,
                     // Hang et al. 2023, eq. 8: min(SNR, γ)·‖δx₀‖² = min(SNR, γ)/SNR·‖δε‖².
                     LossType::MinSnr => snr.min(self.config.min_snr_gamma) / snr / ratio,
-                    // Ho et al. eq. 12: β_t² / (2 σ_t² α_t (1 − ᾱ_t)) on ‖δε‖².
+                    // Ho et al. eq. 12: β_t² / (2 σ_t² α_t (1 − ᾱ_t)) on ‖δε‖², with the
+                    // clipped σ² of the bound (β̃₁ = 0 would make the t = 1 weight infinite).
                     LossType::Vlb => {
                         s.betas[i].powi(2)
                             / (2.0
-                                * self.model_variance[i]
+                                * self.model_log_variance[i].exp()
                                 * s.alphas[i]
                                 * (1.0 - s.alphas_cumprod[i]))
                             / ratio
@@ -782,6 +783,11 @@ mod tests {
             let simple = s.betas[i] / (2.0 * s.alphas[i] * (1.0 - s.alphas_cumprod_prev[i]));
             assert!((w[k] - simple).abs() < 1e-9 * simple);
         }
+        // At t = 1, β̃₁ = 0: the weight uses the clipped variance (β̃₂) and stays finite.
+        let w0 = d.loss_weights(&[0])[0];
+        let expect = s.betas[0].powi(2)
+            / (2.0 * s.posterior_variance[1] * s.alphas[0] * (1.0 - s.alphas_cumprod[0]));
+        assert!((w0 - expect).abs() < 1e-9 * expect, "{w0} vs {expect}");
     }
 
     fn config(prediction: Prediction, loss: LossType) -> DiffusionConfig {
