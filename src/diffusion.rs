@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 
-/// The reverse-process variance σ_t² (theory.md §3).
+/// The reverse-process variance σ_t² (Ho et al. 2020, §3.2; docs/math.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum VarianceType {
@@ -19,7 +19,7 @@ pub enum VarianceType {
     Small,
 }
 
-/// The training objective (theory.md §4).
+/// The training objective (Ho et al. eqs. 12 and 14; docs/math.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LossType {

@@ -1,4 +1,4 @@
-//! DDIM (Song et al. 2021; theory.md §6) on a decreasing subsequence of timesteps.
+//! DDIM (Song et al. 2021, eq. 12; docs/math.md §12) on a decreasing subsequence of timesteps.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use crate::diffusion::GaussianDiffusion;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Spacing {
-    /// `round(linspace(T−1, 0, n))` (theory.md §8's figures use this).
+    /// `round(linspace(T−1, 0, n))` (docs/math.md §20.1's figures use this).
     Linear,
     /// Quadratic in the step number, denser near t = 0 (the DDIM paper's CIFAR-10 choice).
     Quadratic,

@@ -59,7 +59,7 @@ pub trait Sampler {
     fn timesteps(&self) -> &[usize];
 
     /// One step from `x_t` at position `k` of [`Sampler::timesteps`], given `ε_θ(x_t, t)` and,
-    /// for classifier guidance, `guide = s·∇_{x_t} log p_φ(y | x_t)` (theory.md §7).
+    /// for classifier guidance, `guide = s·∇_{x_t} log p_φ(y | x_t)` (docs/math.md §13).
     fn step(
         &self,
         diffusion: &GaussianDiffusion,
