@@ -1,5 +1,6 @@
 //! Train the `tiny` U-Net on the built-in MNIST-5k digits for a few steps (Algorithm 1 of
-//! Ho et al. 2020), then sample 16 digits with 50 DDIM steps and save a grid (docs/math.md §7, §12).
+//! Ho et al. 2020), then sample 16 digits with 50 DDIM steps and save a grid
+//! (docs/math.md §7, §12).
 //!
 //! `cargo run --release --example train_and_sample -- [RUN_DIR] [STEPS]`
 //! (defaults: `runs/example-tiny`, 400 steps, about 4 minutes on 2 CPU cores; the run folder
