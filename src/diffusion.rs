@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 
-/// The reverse-process variance σ_t² (Ho et al. §3.2; Nichol & Dhariwal 2021 §3.1).
+/// The reverse-process variance σ_t² (Ho et al. §3.2; Nichol & Dhariwal 2021 §3.1; docs/math.md
+/// §5, §10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -28,7 +29,7 @@ pub enum VarianceType {
     Learned,
 }
 
-/// What the network predicts (its output parameterisation).
+/// What the network predicts (its output parameterisation; docs/math.md §8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -44,7 +45,7 @@ pub enum Prediction {
     V,
 }
 
-/// How the per-sample squared error of Algorithm 1 is weighted.
+/// How the per-sample squared error of Algorithm 1 is weighted (docs/math.md §6, §9).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -357,7 +358,7 @@ impl GaussianDiffusion {
         self.interpret(raw, x_t, t)
     }
 
-    /// Classifier-free guidance (Ho & Salimans 2022, eq. 6):
+    /// Classifier-free guidance (Ho & Salimans 2022, eq. 6; docs/math.md §14):
     /// `ε̃ = ε(x_t, ∅) + w·(ε(x_t, y) − ε(x_t, ∅))`, both halves in one network call of twice the
     /// batch. The combination is applied to the raw output; every parameterisation is affine
     /// in it for fixed x_t with weights summing to one, so that equals combining ε. A learned

@@ -1,4 +1,4 @@
-//! Log-likelihood pieces of the variational bound (theory.md §4), scalar and in f64.
+//! Log-likelihood pieces of the variational bound (Ho et al. eq. 5; docs/math.md §11), in f64.
 //!
 //! Variances are passed as log-variances, as the reference code does, so that a clipped
 //! log β̃ can be used directly. The per-pixel terms are computed on the host in f64.
@@ -9,7 +9,7 @@ use crate::diffusion::{Denoiser, GaussianDiffusion};
 use crate::noise::NoiseSource;
 use crate::schedule::NoiseSchedule;
 
-/// KL(N(μ1, v1) ‖ N(μ2, v2)) per dimension, in nats (theory.md §4):
+/// KL(N(μ1, v1) ‖ N(μ2, v2)) per dimension, in nats (docs/math.md §6):
 /// `½(log v2 − log v1 + (v1 + (μ1−μ2)²)/v2 − 1)`.
 pub fn normal_kl(mean1: f64, logvar1: f64, mean2: f64, logvar2: f64) -> f64 {
     0.5 * (-1.0 + logvar2 - logvar1
@@ -84,7 +84,7 @@ pub fn erfc(x: f64) -> f64 {
     }
 }
 
-/// log p(x) of one pixel under the discretised Gaussian decoder (theory.md §4, `L_0`):
+/// log p(x) of one pixel under the discretised Gaussian decoder (Ho et al. eq. 13, `L_0`):
 /// the mass of N(mean, exp(log_scale)²) on the bin [x − 1/255, x + 1/255], where `x` is a data
 /// value in [−1, 1] on the 256-level grid; the edge bins extend to −∞ (x = −1) and +∞ (x = 1).
 pub fn discretized_gaussian_log_likelihood(x: f64, mean: f64, log_scale: f64) -> f64 {
@@ -102,7 +102,7 @@ pub fn discretized_gaussian_log_likelihood(x: f64, mean: f64, log_scale: f64) ->
     (upper - lower).max(1e-300).ln()
 }
 
-/// The terms of the variational bound for one image, in bits/dim (theory.md §4).
+/// The terms of the variational bound for one image, in bits/dim (docs/math.md §11).
 #[derive(Clone, Debug, Default)]
 pub struct BpdTerms {
     /// L_T = KL(q(x_T|x_0) ‖ N(0, I)).
@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn prior_term_at_pixel_extremes_is_tiny() {
-        // theory.md §1: L_T ≈ 2.9e-5 bits/dim for a pixel at ±1.
+        // docs/math.md §2, §11: L_T ≈ 2.9e-5 bits/dim for a pixel at ±1.
         let s = NoiseSchedule::new(&crate::schedule::BetaSchedule::linear(), 1000);
         for x0 in [-1.0, 1.0] {
             let bits = prior_kl_nats(&s, x0) / std::f64::consts::LN_2;

@@ -1,4 +1,4 @@
-//! Exact noise predictors for data whose distribution is known (theory.md §8), used to test
+//! Exact noise predictors for data whose distribution is known (docs/math.md §20), used to test
 //! samplers and the likelihood bound without a network.
 
 use burn::tensor::{Tensor, TensorData};
@@ -114,7 +114,7 @@ impl Denoiser for FiniteSetOracle {
 /// Labelled data from a mixture of isotropic Gaussians: class y has weight π_y and
 /// x_0 | y ~ N(μ_y, s_y² I). Then q_t(x_t | y) = N(√ᾱ_t μ_y, (ᾱ_t s_y² + 1 − ᾱ_t) I), and both
 /// the optimal ε* = −√(1−ᾱ_t) ∇ log q_t(x_t) and the exact classifier gradient
-/// ∇ log p(y | x_t) = ∇ log q_t(x_t | y) − ∇ log q_t(x_t) have closed forms (theory.md §7).
+/// ∇ log p(y | x_t) = ∇ log q_t(x_t | y) − ∇ log q_t(x_t) have closed forms (docs/math.md §20.3).
 pub struct GaussianMixtureOracle {
     /// (π_y, μ_y, s_y) per class.
     pub components: Vec<(f64, f64, f64)>,

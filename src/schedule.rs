@@ -53,7 +53,7 @@ impl BetaSchedule {
                     if num_timesteps == 1 {
                         *beta_start
                     } else {
-                        // theory.md §1: β_t = β_1 + (t−1)(β_T − β_1)/(T−1)
+                        // Ho et al. 2020, §4 (docs/math.md §2): β_t = β_1 + (t−1)(β_T − β_1)/(T−1)
                         beta_start + i as f64 * (beta_end - beta_start) / (t_max - 1.0)
                     }
                 })
@@ -108,7 +108,7 @@ pub struct NoiseSchedule {
     pub sqrt_recip_alphas_cumprod: Vec<f64>,
     /// √(1/ᾱ_t − 1).
     pub sqrt_recipm1_alphas_cumprod: Vec<f64>,
-    /// β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (theory.md §2); β̃_1 = 0.
+    /// β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (Ho et al. eq. 7); β̃_1 = 0.
     pub posterior_variance: Vec<f64>,
     /// log β̃_t with the t = 1 entry replaced by log β̃_2 (β̃_1 = 0 has no logarithm).
     pub posterior_log_variance_clipped: Vec<f64>,
@@ -208,7 +208,7 @@ mod tests {
         assert!((s.betas[999] - 0.02).abs() < 1e-15);
         // β_t = 1e-4 + (t−1)(0.02−1e-4)/999, checked at t = 500.
         assert!((s.betas[499] - (1e-4 + 499.0 * (0.02 - 1e-4) / 999.0)).abs() < 1e-15);
-        // theory.md §1: ᾱ_T = 4.0358e-5, √ᾱ_T = 6.353e-3.
+        // docs/math.md §2: ᾱ_T = 4.0358e-5, √ᾱ_T = 6.353e-3.
         assert!(
             (s.alphas_cumprod[999] - 4.0358e-5).abs() < 5e-9,
             "{}",
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn forward_marginals_iff_sum_of_betas_diverges() {
-        // seed 000 Prop. 1.1: with Σβ large, ᾱ_T → 0; the linear schedule's Σβ ≈ 10.05.
+        // docs/math.md §2: with Σβ large, ᾱ_T → 0; the linear schedule's Σβ ≈ 10.05.
         let s = linear();
         let sum: f64 = s.betas.iter().sum();
         assert!((sum - 10.05).abs() < 1e-9);

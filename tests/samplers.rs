@@ -1,4 +1,4 @@
-//! Samplers against the exact oracles of theory.md §8: no network, known answers.
+//! Samplers against the exact oracles of docs/math.md §20: no network, known answers.
 
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion, VarianceType};
@@ -34,7 +34,7 @@ fn exact_ancestral_moments(d: &GaussianDiffusion, oracle: &GaussianOracle) -> (f
 fn ancestral_sampler_reproduces_gaussian_data_for_both_variances() {
     let device = Device::flex();
     let n = 200_000;
-    // theory.md §8: m = 0.3, s = 0.5, 200k samples → 0.299/0.495 (β̃), 0.301/0.502 (β).
+    // docs/math.md §20.1: m = 0.3, s = 0.5, 200k samples → 0.299/0.495 (β̃), 0.301/0.502 (β).
     for (variance, paper_std) in [(VarianceType::Small, 0.495), (VarianceType::Large, 0.502)] {
         let d = GaussianDiffusion::new(DiffusionConfig {
             variance,
@@ -55,18 +55,18 @@ fn ancestral_sampler_reproduces_gaussian_data_for_both_variances() {
         let (m, s) = moments(x);
         let (em, es) = exact_ancestral_moments(&d, &oracle);
         println!(
-            "{variance:?}: sample mean {m:.4} std {s:.4}; exact chain mean {em:.4} std {es:.4}; theory.md {paper_std}"
+            "{variance:?}: sample mean {m:.4} std {s:.4}; exact chain mean {em:.4} std {es:.4}; reference {paper_std}"
         );
         // Monte-Carlo agreement with the exact chain (4 standard errors).
         let se_m = es / (n as f64).sqrt();
         let se_s = es / (2.0 * n as f64).sqrt();
         assert!((m - em).abs() < 4.0 * se_m, "mean {m} vs exact {em}");
         assert!((s - es).abs() < 4.0 * se_s + 1e-4, "std {s} vs exact {es}");
-        // And the chain itself reproduces the data distribution (theory.md's figures).
+        // And the chain itself reproduces the data distribution (docs/math.md §20.1).
         assert!((m - 0.3).abs() < 0.005, "mean {m}");
         assert!(
             (s - paper_std).abs() < 0.004,
-            "std {s} vs theory.md {paper_std}"
+            "std {s} vs reference {paper_std}"
         );
     }
 }
@@ -213,7 +213,7 @@ fn same_seed_gives_identical_unet_samples() {
 #[test]
 fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
     use ddpm::sampling::{Ddim, Spacing, timestep_subsequence};
-    // theory.md §8: m = 0.3, s = 0.5, η = 0, timesteps round(linspace(T−1, 0, n)):
+    // docs/math.md §20.1: m = 0.3, s = 0.5, η = 0, timesteps round(linspace(T−1, 0, n)):
     // std 0.362, 0.430, 0.472, 0.488 for n = 10, 20, 50, 100.
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig::default());
@@ -236,7 +236,7 @@ fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
             |_, _| {},
         );
         let (m, s) = moments(x);
-        println!("DDIM {steps:3} steps: mean {m:.4} std {s:.4} (theory.md {paper_std})");
+        println!("DDIM {steps:3} steps: mean {m:.4} std {s:.4} (reference {paper_std})");
         assert!((m - 0.3).abs() < 0.006, "mean {m}");
         assert!(
             (s - paper_std).abs() < 0.004,
@@ -434,7 +434,7 @@ fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
     };
     // Two labelled Gaussians: class 0 ~ N(−0.5, 0.2²), class 1 ~ N(0.4, 0.3²), equal weights.
     // With the exact ε* and ∇ log p(y|x_t), s = 1 must reproduce the class-conditional
-    // distribution and s = 0 the mixture, for DDPM and DDIM (theory.md §7).
+    // distribution and s = 0 the mixture, for DDPM and DDIM (docs/math.md §20.3).
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig {
         variance: VarianceType::Small,

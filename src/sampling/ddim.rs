@@ -1,4 +1,4 @@
-//! DDIM (Song et al. 2021; theory.md §6) on a decreasing subsequence of timesteps.
+//! DDIM (Song et al. 2021, eq. 12; docs/math.md §12) on a decreasing subsequence of timesteps.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};

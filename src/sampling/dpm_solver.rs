@@ -1,5 +1,5 @@
 //! DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): a second-order multistep
-//! solver of the probability-flow ODE in the data-prediction form.
+//! solver of the probability-flow ODE in the data-prediction form (docs/math.md §16).
 //!
 //! With α_t = √ᾱ_t, σ_t = √(1−ᾱ_t) and λ_t = log(α_t/σ_t), one step from t_{i−1} to t_i with
 //! h_i = λ_{t_i} − λ_{t_{i−1}} is

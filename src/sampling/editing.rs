@@ -1,6 +1,6 @@
 //! Editing existing images with any sampler: SDEdit (Meng et al. 2022) starts the reverse
 //! process part-way from a noised image; RePaint (Lugmayr et al. 2022, Algorithm 1) fills the
-//! unknown pixels of an image while the known ones follow the forward process.
+//! unknown pixels of an image while the known ones follow the forward process (docs/math.md §18).
 
 use burn::tensor::Tensor;
 

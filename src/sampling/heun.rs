@@ -1,5 +1,5 @@
 //! Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1
-//! without churn).
+//! without churn; docs/math.md §17).
 //!
 //! In Karras et al.'s variables x̃ = x_t/√ᾱ_t and σ = √((1−ᾱ_t)/ᾱ_t), the ODE is
 //! `dx̃/dσ = (x̃ − D(x̃; σ))/σ = ε̂`, with D the denoiser x̂₀. An Euler step

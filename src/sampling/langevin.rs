@@ -1,6 +1,6 @@
-//! Langevin corrector (seed 002 §5.3; Song et al. 2021, predictor–corrector sampling).
+//! Langevin corrector (Song et al. 2021, predictor–corrector sampling; docs/math.md §15).
 //!
-//! The score of the noisy marginal is `∇ log q_t(x) ≈ −ε_θ(x, t)/√(1−ᾱ_t)` (theory.md §3).
+//! The score of the noisy marginal is `∇ log q_t(x) ≈ −ε_θ(x, t)/√(1−ᾱ_t)` (docs/math.md §15).
 //! A corrector step is unadjusted Langevin dynamics at a fixed t:
 //! `x ← x + δ·s(x) + √(2δ)·z`, with the step size set from a target signal-to-noise ratio r:
 //! `δ = 2 α_t (r‖z‖/‖s‖)²` (norms per sample, averaged over the batch, as the reference code).

@@ -143,7 +143,8 @@ pub trait Sampler {
     fn timesteps(&self) -> &[usize];
 
     /// One step from `x_t` at position `k` of [`Sampler::timesteps`] to the next timestep in
-    /// the list (x_0 after the last), calling the model through `ctx`.
+    /// the list (x_0 after the last), calling the model through `ctx` (classifier guidance:
+    /// docs/math.md §13).
     fn step(&self, ctx: &mut StepContext<'_>, x_t: Tensor<4>, k: usize) -> StepOutput;
 }
 
