@@ -4,7 +4,8 @@ use super::prelude::*;
 
 #[derive(Args, Clone)]
 pub(crate) struct FidNetArgs {
-    /// The FID Inception weights (default: $DDPM_INCEPTION, ~/.cache/ddpm/, ../shared/data/).
+    /// The FID Inception weights (default: $DDPM_INCEPTION, then ~/.cache/ddpm/; see
+    /// scripts/get-fid-weights.sh).
     #[arg(long)]
     pub(crate) inception: Option<PathBuf>,
     /// Images per Inception call.
