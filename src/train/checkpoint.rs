@@ -20,46 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::optim::TrainState;
-use crate::diffusion::DiffusionConfig;
-use crate::model::UNetConfig;
 use crate::tensorfile::{f32_tensors_to_bytes, read_f32_tensors, sync_dir, write_atomic};
-
-use super::trainer::TrainConfig;
-
-/// Everything needed to rebuild model, diffusion and data of a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    /// The network.
-    pub model: UNetConfig,
-    /// The diffusion process.
-    pub diffusion: DiffusionConfig,
-    /// Data and optimisation.
-    pub train: TrainConfig,
-}
-
-impl RunConfig {
-    /// Reads `RUN/config.json`.
-    pub fn load(run: &Path) -> Result<Self> {
-        let p = run.join("config.json");
-        let text = fs::read_to_string(&p).with_context(|| {
-            format!(
-                "{}: cannot read (is {} a run directory?)",
-                p.display(),
-                run.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid run config", p.display()))
-    }
-
-    /// Writes `RUN/config.json` atomically.
-    pub fn save(&self, run: &Path) -> Result<()> {
-        fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-        write_atomic(
-            &run.join("config.json"),
-            serde_json::to_string_pretty(self)?.as_bytes(),
-        )
-    }
-}
 
 /// Scalar state saved with every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,19 +45,6 @@ impl CheckpointMeta {
             loss: f64::NAN,
         }
     }
-}
-
-/// A step progress bar for a training loop (`label` names the loop), starting at `step`.
-pub fn step_progress_bar(label: &str, target: u64, step: u64) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(if target == u64::MAX { 0 } else { target });
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {label} [{{elapsed_precise}} < {{eta_precise}}] {{bar:30}} step {{pos}}/{{len}} {{msg}}"
-        ))
-        .unwrap(),
-    );
-    pb.set_position(step);
-    pb
 }
 
 /// Folder name of the checkpoint at `step`.

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{
     CheckpointMeta, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint,
 };
+use super::config::TrainConfig;
 use super::optim::TrainState;
-use super::trainer::{TrainConfig, collect_grads};
+use super::trainer::{collect_grads, step_progress_bar};
 use crate::data::{self, ImageSet, Loader, Split};
 use crate::diffusion::{DiffusionConfig, GaussianDiffusion};
 use crate::model::classifier::{ClassifierConfig, NoisyClassifier};
@@ -235,7 +236,7 @@ impl ClassifierTrainer {
         let budget = tc.max_minutes.map(|m| m * 60.0);
         let bar = self
             .progress
-            .then(|| super::checkpoint::step_progress_bar("classifier", target, self.state.step));
+            .then(|| step_progress_bar("classifier", target, self.state.step));
         let mut log = fs::OpenOptions::new()
             .append(true)
             .create(true)

@@ -2,9 +2,10 @@
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod config;
 pub mod optim;
 pub mod trainer;
 
-pub use checkpoint::RunConfig;
+pub use config::{RunConfig, TrainConfig, default_run_config};
 pub use optim::OptimConfig;
-pub use trainer::{TrainConfig, Trainer, load_run_model};
+pub use trainer::{Trainer, load_run_model};

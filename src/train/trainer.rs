@@ -14,83 +14,15 @@ use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
-    CheckpointMeta, RunConfig, latest_checkpoint, load_checkpoint, save_checkpoint,
-};
-use super::optim::{OptimConfig, TrainState};
+use super::checkpoint::{CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint};
+use super::config::{RunConfig, TrainConfig};
+use super::optim::TrainState;
 use crate::data::{self, ImageSet, Loader, Split};
 use crate::diffusion::GaussianDiffusion;
-use crate::model::{UNet, UNetConfig};
+use crate::model::UNet;
 use crate::params;
 use crate::sampling::{Ddim, NoiseSource, Spacing, sample, timestep_subsequence};
-
-/// Data and optimisation settings of a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Data set spec (see [`crate::data::open`]).
-    pub data: String,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Stop after this many steps in total (None: no step limit).
-    pub max_steps: Option<u64>,
-    /// Stop after this much training wall time in total, minutes (None: no time limit).
-    pub max_minutes: Option<f64>,
-    /// Random horizontal flips (Ho et al. use them on CIFAR-10; wrong for digits).
-    pub hflip: bool,
-    /// Seed of everything random.
-    pub seed: u64,
-    /// Adam, warm-up, clipping, EMA.
-    pub optim: OptimConfig,
-    /// Write a preview grid every this many steps (0: only at the end).
-    pub sample_every: u64,
-    /// Save a checkpoint every this many steps (and at the end).
-    pub checkpoint_every: u64,
-    /// Also save when this many minutes have passed since the last save.
-    pub checkpoint_minutes: f64,
-    /// Checkpoints kept on disk.
-    pub keep_checkpoints: usize,
-    /// Images in a preview grid.
-    pub preview_count: usize,
-    /// DDIM steps for previews.
-    pub preview_steps: usize,
-    /// Log every this many steps.
-    pub log_every: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            data: "mnist5k".into(),
-            batch_size: 64,
-            max_steps: None,
-            max_minutes: None,
-            hflip: false,
-            seed: 0,
-            optim: OptimConfig::default(),
-            sample_every: 1000,
-            checkpoint_every: 1000,
-            checkpoint_minutes: 10.0,
-            keep_checkpoints: 2,
-            preview_count: 64,
-            preview_steps: 50,
-            log_every: 20,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Replaces the step and/or time budget where a new one is given (resuming a run).
-    pub fn set_budget(&mut self, steps: Option<u64>, minutes: Option<f64>) {
-        if steps.is_some() {
-            self.max_steps = steps;
-        }
-        if minutes.is_some() {
-            self.max_minutes = minutes;
-        }
-    }
-}
 
 /// How a training session ended.
 #[derive(Clone, Debug)]
@@ -124,6 +56,19 @@ pub struct Trainer {
     meta: CheckpointMeta,
     /// Show a progress bar.
     pub progress: bool,
+}
+
+/// A step progress bar for a training loop (`label` names the loop), starting at `step`.
+pub fn step_progress_bar(label: &str, target: u64, step: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(if target == u64::MAX { 0 } else { target });
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {label} [{{elapsed_precise}} < {{eta_precise}}] {{bar:30}} step {{pos}}/{{len}} {{msg}}"
+        ))
+        .unwrap(),
+    );
+    pb.set_position(step);
+    pb
 }
 
 fn mix(seed: u64, step: u64, salt: u64) -> u64 {
@@ -376,7 +321,7 @@ impl Trainer {
         let time_budget = tc.max_minutes.map(|m| m * 60.0);
         let bar = self
             .progress
-            .then(|| super::checkpoint::step_progress_bar("train", target, step0));
+            .then(|| step_progress_bar("train", target, step0));
         let mut log = fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -479,16 +424,4 @@ pub fn load_run_model(run: &Path, device: &Device, ema: bool) -> Result<(RunConf
     let weights = super::checkpoint::load_weights(&file, &layout, "")?;
     let meta: CheckpointMeta = serde_json::from_str(&fs::read_to_string(ckpt.join("state.json"))?)?;
     Ok((config, params::assign(model, &weights, false), meta.step))
-}
-
-/// A default run configuration for a preset and data set.
-pub fn default_run_config(model: UNetConfig, data: &str) -> RunConfig {
-    RunConfig {
-        model,
-        diffusion: Default::default(),
-        train: TrainConfig {
-            data: data.to_string(),
-            ..Default::default()
-        },
-    }
 }

@@ -1,0 +1,126 @@
+//! The configuration of a run: the network, the diffusion process, data and optimisation
+//! (`RUN/config.json`).
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimConfig;
+use crate::diffusion::DiffusionConfig;
+use crate::model::UNetConfig;
+use crate::tensorfile::write_atomic;
+
+/// Everything needed to rebuild model, diffusion and data of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The network.
+    pub model: UNetConfig,
+    /// The diffusion process.
+    pub diffusion: DiffusionConfig,
+    /// Data and optimisation.
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// Reads `RUN/config.json`.
+    pub fn load(run: &Path) -> Result<Self> {
+        let p = run.join("config.json");
+        let text = fs::read_to_string(&p).with_context(|| {
+            format!(
+                "{}: cannot read (is {} a run directory?)",
+                p.display(),
+                run.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid run config", p.display()))
+    }
+
+    /// Writes `RUN/config.json` atomically.
+    pub fn save(&self, run: &Path) -> Result<()> {
+        fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+        write_atomic(
+            &run.join("config.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
+}
+
+/// Data and optimisation settings of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Data set spec (see [`crate::data::open`]).
+    pub data: String,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Stop after this many steps in total (None: no step limit).
+    pub max_steps: Option<u64>,
+    /// Stop after this much training wall time in total, minutes (None: no time limit).
+    pub max_minutes: Option<f64>,
+    /// Random horizontal flips (Ho et al. use them on CIFAR-10; wrong for digits).
+    pub hflip: bool,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Adam, warm-up, clipping, EMA.
+    pub optim: OptimConfig,
+    /// Write a preview grid every this many steps (0: only at the end).
+    pub sample_every: u64,
+    /// Save a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Also save when this many minutes have passed since the last save.
+    pub checkpoint_minutes: f64,
+    /// Checkpoints kept on disk.
+    pub keep_checkpoints: usize,
+    /// Images in a preview grid.
+    pub preview_count: usize,
+    /// DDIM steps for previews.
+    pub preview_steps: usize,
+    /// Log every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: "mnist5k".into(),
+            batch_size: 64,
+            max_steps: None,
+            max_minutes: None,
+            hflip: false,
+            seed: 0,
+            optim: OptimConfig::default(),
+            sample_every: 1000,
+            checkpoint_every: 1000,
+            checkpoint_minutes: 10.0,
+            keep_checkpoints: 2,
+            preview_count: 64,
+            preview_steps: 50,
+            log_every: 20,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Replaces the step and/or time budget where a new one is given (resuming a run).
+    pub fn set_budget(&mut self, steps: Option<u64>, minutes: Option<f64>) {
+        if steps.is_some() {
+            self.max_steps = steps;
+        }
+        if minutes.is_some() {
+            self.max_minutes = minutes;
+        }
+    }
+}
+
+/// A default run configuration for a preset and data set.
+pub fn default_run_config(model: UNetConfig, data: &str) -> RunConfig {
+    RunConfig {
+        model,
+        diffusion: Default::default(),
+        train: TrainConfig {
+            data: data.to_string(),
+            ..Default::default()
+        },
+    }
+}
