@@ -54,12 +54,9 @@ pub(crate) mod testing;
 /// A training step allocates and frees many multi-megabyte buffers. glibc serves those with
 /// fresh `mmap`s and returns them on `free`, so every step pays for the kernel zeroing new pages
 /// (19% of a training step in a profile of `ddpm bench`). Keeping freed memory in the heap
-/// removes that cost (BENCHMARKS.md has the before/after).
-/// Setting `DDPM_DEFAULT_MALLOC=1` skips it (for before/after measurements).
+/// removes that cost (BENCHMARKS.md has the before/after). Not calling it keeps glibc's
+/// defaults (the CLI's `--malloc default`, for before/after measurements).
 pub fn tune_allocator() {
-    if std::env::var_os("DDPM_DEFAULT_MALLOC").is_some() {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before any threads start.
     unsafe {
