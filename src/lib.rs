@@ -10,7 +10,7 @@
 //! use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 //! use ddpm::model::UNetConfig;
 //! use ddpm::sampling::{Ddim, NoiseSource, Spacing, sample, timestep_subsequence};
-//! use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+//! use ddpm::train::{Run, RunConfig, TrainConfig, Trainer};
 //!
 //! let device = Device::flex();
 //! // Train a tiny model on the built-in MNIST-5k digits for 200 steps (Algorithm 1).
@@ -22,7 +22,7 @@
 //! let run = std::path::Path::new("runs/tiny");
 //! Trainer::create(run, config, &device)?.train()?;
 //! // Sample 16 digits with 50 DDIM steps from the EMA weights and save a grid.
-//! let (config, model, _step) = load_run_model(run, &device, true)?;
+//! let (config, model, _step) = Run::open(run)?.model(&device, true)?;
 //! let diffusion = GaussianDiffusion::new(config.diffusion);
 //! let sampler = Ddim::new(timestep_subsequence(1000, 50, Spacing::Quadratic), 0.0, true);
 //! let mut noise = NoiseSource::new(0);

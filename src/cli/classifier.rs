@@ -128,27 +128,27 @@ pub(crate) fn cmd_classifier_train(a: ClassifierTrainArgs, device: &Device) -> R
     println!(
         "classifier run {}: {n_params} parameters, {} classes, {} inputs, from step {}",
         trainer.run.display(),
-        trainer.config.model.num_classes,
-        if trainer.config.clean {
+        trainer.config().model.num_classes,
+        if trainer.config().clean {
             "clean"
         } else {
             "noisy (t ~ U)"
         },
         trainer.state.step
     );
-    let ckpt = trainer.train()?;
+    let s = trainer.train()?;
     println!(
         "done: step {}; checkpoint {}; per-step accuracy by t in {}",
-        trainer.state.step,
-        ckpt.display(),
+        s.step,
+        s.checkpoint.display(),
         trainer.run.join("log.csv").display()
     );
     Ok(())
 }
 
 pub(crate) fn cmd_classifier_eval(a: ClassifierEvalArgs, device: &Device) -> Result<()> {
-    use ddpm::train::classifier::{evaluate, load_classifier};
-    let (config, model) = load_classifier(&a.run, device, true)?;
+    use ddpm::train::classifier::evaluate;
+    let (config, model) = Run::open(&a.run)?.classifier(device, true)?;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
     let set = data::open(&spec, a.split, Some(config.model.backbone.image_size))?;
     if set.labels.is_none() {

@@ -27,7 +27,7 @@ pub(crate) struct SampleArgs {
 }
 
 pub(crate) fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, !a.raw)?;
     let plan = a.sampling.plan(&config.diffusion, "ddpm", device)?;
     let m = &config.model;
     println!(

@@ -173,7 +173,7 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         "run {}: {} parameters, data {} ({} images {}×{}×{}), from step {}",
         trainer.run.display(),
         n_params,
-        trainer.config.train.data,
+        trainer.config().train.data,
         trainer.data.len(),
         trainer.data.channels,
         trainer.data.height,

@@ -1,15 +1,18 @@
-//! The configuration of a run: the network, the diffusion process, data and optimisation
-//! (`RUN/config.json`).
+//! The configuration of a run (`RUN/config.json`): the network, the diffusion process, data
+//! and optimisation, for diffusion runs ([`RunConfig`]) and classifier runs
+//! ([`ClassifierRunConfig`]).
 
 use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::optim::OptimConfig;
 use crate::diffusion::DiffusionConfig;
 use crate::model::UNetConfig;
+use crate::model::classifier::ClassifierConfig;
 use crate::tensorfile::write_atomic;
 
 /// Everything needed to rebuild model, diffusion and data of a run.
@@ -124,3 +127,81 @@ pub fn default_run_config(model: UNetConfig, data: &str) -> RunConfig {
         },
     }
 }
+
+/// Everything that defines a classifier run (its `config.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierRunConfig {
+    /// Always "classifier", so runs of the two kinds are not confused.
+    pub kind: String,
+    /// The network.
+    pub model: ClassifierConfig,
+    /// The diffusion whose x_t the classifier sees.
+    pub diffusion: DiffusionConfig,
+    /// Data and optimisation.
+    pub train: TrainConfig,
+    /// Train on clean images only (t = 0, no noise): the evaluation classifier.
+    pub clean: bool,
+}
+
+impl ClassifierRunConfig {
+    /// Reads `RUN/config.json`, refusing diffusion runs.
+    pub fn load(run: &Path) -> Result<Self> {
+        let p = run.join("config.json");
+        let text =
+            fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a classifier run config", p.display()))?;
+        if cfg.kind != "classifier" {
+            bail!(
+                "{}: kind is `{}`, not a classifier run",
+                p.display(),
+                cfg.kind
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// Writes `RUN/config.json` atomically.
+    pub fn save(&self, run: &Path) -> Result<()> {
+        fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+        write_atomic(
+            &run.join("config.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
+}
+
+/// A run's `config.json` as the shared training loop ([`super::session`]) sees it: whatever
+/// the task needs, with the data, budget and optimisation part.
+pub trait TaskConfig: Clone + Serialize + DeserializeOwned {
+    /// Data, budgets and optimisation.
+    fn train(&self) -> &TrainConfig;
+    /// Data, budgets and optimisation, to change on resume.
+    fn train_mut(&mut self) -> &mut TrainConfig;
+    /// Reads `RUN/config.json`.
+    fn load(run: &Path) -> Result<Self>;
+    /// Writes `RUN/config.json` atomically.
+    fn save(&self, run: &Path) -> Result<()>;
+}
+
+macro_rules! task_config {
+    ($t:ty) => {
+        impl TaskConfig for $t {
+            fn train(&self) -> &TrainConfig {
+                &self.train
+            }
+            fn train_mut(&mut self) -> &mut TrainConfig {
+                &mut self.train
+            }
+            fn load(run: &Path) -> Result<Self> {
+                <$t>::load(run)
+            }
+            fn save(&self, run: &Path) -> Result<()> {
+                <$t>::save(self, run)
+            }
+        }
+    };
+}
+
+task_config!(RunConfig);
+task_config!(ClassifierRunConfig);
