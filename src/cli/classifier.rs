@@ -124,6 +124,7 @@ pub(crate) fn cmd_classifier_train(a: ClassifierTrainArgs, device: &Device) -> R
         ClassifierTrainer::create(a.run.as_ref().unwrap(), config, device)?
     };
     trainer.progress = !a.quiet;
+    super::train::report_skipped(&trainer.skipped, trainer.state.step);
     let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
     println!(
         "classifier run {}: {n_params} parameters, {} classes, {} inputs, from step {}",

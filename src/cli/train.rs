@@ -168,6 +168,7 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         Trainer::create(&run, config, device)?
     };
     trainer.progress = !a.quiet;
+    report_skipped(&trainer.skipped, trainer.state.step);
     let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
     println!(
         "run {}: {} parameters, data {} ({} images {}×{}×{}), from step {}",
@@ -192,4 +193,19 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         println!("preview:    {}", p.display());
     }
     Ok(())
+}
+
+/// Tells the user which damaged checkpoints `--resume` passed over, why, and where it resumes.
+pub(crate) fn report_skipped(skipped: &[ddpm::train::session::SkippedCheckpoint], step: u64) {
+    for s in skipped {
+        eprintln!(
+            "warning: checkpoint {} is damaged and was skipped ({}); moved to {}",
+            s.dir.display(),
+            s.problem,
+            s.moved_to.display()
+        );
+    }
+    if !skipped.is_empty() {
+        eprintln!("warning: resuming from the newest intact checkpoint, step {step}");
+    }
 }

@@ -18,7 +18,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 use super::checkpoint::{
-    CheckpointMeta, checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint,
+    CheckpointMeta, checkpoint_name, latest_checkpoint, load_newest_intact, point_latest_at,
+    save_checkpoint, set_aside,
 };
 use super::config::{TaskConfig, TrainConfig};
 use super::optim::{TrainState, UpdateStats};
@@ -99,6 +100,17 @@ pub struct TrainSummary {
     pub preview: Option<PathBuf>,
 }
 
+/// A checkpoint passed over on resume because it could not be read.
+#[derive(Clone, Debug)]
+pub struct SkippedCheckpoint {
+    /// Where it was.
+    pub dir: PathBuf,
+    /// What was wrong.
+    pub problem: String,
+    /// Where it was moved so that it is neither resumed from nor pruned.
+    pub moved_to: PathBuf,
+}
+
 /// A run being trained.
 pub struct Session<T: Task> {
     /// The run folder.
@@ -109,6 +121,8 @@ pub struct Session<T: Task> {
     pub data: ImageSet,
     /// Weights, EMA, moments, step.
     pub state: TrainState,
+    /// Newer checkpoints that `resume` found damaged and passed over (newest first).
+    pub skipped: Vec<SkippedCheckpoint>,
     /// Show a progress bar.
     pub progress: bool,
     device: Device,
@@ -213,6 +227,7 @@ impl<T: Task> Session<T> {
             task,
             data,
             state: TrainState::new(values),
+            skipped: Vec::new(),
             progress: false,
             device: device.clone(),
             layout,
@@ -220,7 +235,11 @@ impl<T: Task> Session<T> {
         })
     }
 
-    /// Reopens a run at its latest checkpoint; `update` may change the budgets.
+    /// Reopens a run at its newest intact checkpoint; `update` may change the budgets.
+    ///
+    /// Newer checkpoints that cannot be read (a truncated tensor file, an unreadable
+    /// `state.json`) are moved aside to `checkpoints/damaged-step-…` and listed in
+    /// [`Session::skipped`] with what was wrong; `latest` then names the checkpoint resumed.
     pub fn resume(
         run: &Path,
         device: &Device,
@@ -230,22 +249,33 @@ impl<T: Task> Session<T> {
         update(config.train_mut());
         let task = T::new(config)?;
         let layout = params::layout(&task.init(device));
-        let ckpt = latest_checkpoint(run)?
-            .with_context(|| format!("{}: no checkpoint to resume from", run.display()))?;
-        let (state, meta) = load_checkpoint(&ckpt, &layout)
-            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        let found = load_newest_intact(run, &layout)
+            .with_context(|| format!("resuming {}", run.display()))?;
         let data = task.load_data()?;
         task.config().save(run)?;
-        trim_log(run, meta.step)?;
+        let mut skipped = Vec::new();
+        for (dir, problem) in found.skipped {
+            let moved_to = set_aside(&dir)?;
+            skipped.push(SkippedCheckpoint {
+                dir,
+                problem,
+                moved_to,
+            });
+        }
+        if !skipped.is_empty() {
+            point_latest_at(run, &found.dir)?;
+        }
+        trim_log(run, found.meta.step)?;
         Ok(Session {
             run: run.to_path_buf(),
             task,
             data,
-            state,
+            state: found.state,
+            skipped,
             progress: false,
             device: device.clone(),
             layout,
-            meta,
+            meta: found.meta,
         })
     }
 
