@@ -343,3 +343,24 @@ fn damaged_newest_checkpoint_falls_back_to_the_newest_intact_one() {
         "{err}"
     );
 }
+
+#[test]
+fn every_checkpoint_redraws_the_loss_plot() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("r");
+    let mut cfg = tiny_run_config(4);
+    cfg.train.log_every = 1;
+    cfg.train.checkpoint_every = 2;
+    let mut t = Trainer::create(&run, cfg, &device).unwrap();
+    t.train().unwrap();
+    let png = run.join("loss.png");
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (640, 360));
+    // The curve is drawn (blue pixels), not only the axes.
+    let blue = img.pixels().filter(|p| p.0 == [30, 90, 200]).count();
+    assert!(blue > 50, "{blue} curve pixels");
+    let rows = ddpm::train::session::read_loss_log(&run).unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(rows.iter().all(|r| r.1.is_finite() && r.1 > 0.0));
+}

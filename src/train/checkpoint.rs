@@ -7,6 +7,7 @@
 //! RUN/checkpoints/latest               name of the newest complete checkpoint
 //! RUN/samples/step-0001000.png         preview grids from the EMA weights
 //! RUN/log.csv                          step, loss, … (the task's columns), wall time
+//! RUN/loss.png                         the loss column of log.csv, redrawn at every checkpoint
 //! RUN/checkpoints/damaged-step-0002000 a checkpoint found unreadable on resume, set aside
 //! ```
 //! A checkpoint is written into a temporary folder, every file fsynced, then renamed into place;
@@ -253,6 +254,14 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
         .collect();
     out.sort_by_key(|b| std::cmp::Reverse(b.0));
     Ok(out)
+}
+
+/// Checks a checkpoint folder completely: `state.json`, and every tensor of the three weight
+/// files against `layout`; its step must match the folder name.
+pub fn check_checkpoint(dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<CheckpointMeta> {
+    let (_, meta) = load_checkpoint(dir, layout)?;
+    verify_step(dir, &meta)?;
+    Ok(meta)
 }
 
 fn verify_step(dir: &Path, meta: &CheckpointMeta) -> Result<()> {

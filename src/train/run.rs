@@ -1,5 +1,5 @@
-//! Opening a run folder written by training: its configuration and the trained networks
-//! (weights or EMA weights of the latest checkpoint).
+//! Opening a run folder written by training: its configuration, the trained networks (weights
+//! or EMA weights of the latest checkpoint), and a report of its state (`ddpm inspect --run`).
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
-use super::checkpoint::{CheckpointMeta, latest_checkpoint};
+use super::checkpoint::{CheckpointMeta, check_checkpoint, latest_checkpoint, list_checkpoints};
 use super::config::{ClassifierRunConfig, RunConfig, TrainConfig};
 use crate::model::UNet;
 use crate::model::classifier::NoisyClassifier;
@@ -38,6 +38,57 @@ pub struct Run {
     pub dir: PathBuf,
     /// Its configuration.
     pub kind: RunKind,
+}
+
+/// One checkpoint folder and whether it reads completely.
+#[derive(Clone, Debug)]
+pub struct CheckpointStatus {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Total bytes of its files.
+    pub bytes: u64,
+    /// Whether `checkpoints/latest` names it.
+    pub latest: bool,
+    /// Its state, when intact.
+    pub meta: Option<CheckpointMeta>,
+    /// What is wrong with it, when damaged.
+    pub problem: Option<String>,
+}
+
+/// The state of a run, for `ddpm inspect --run`.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// `config.json` as written.
+    pub config: serde_json::Value,
+    /// Checkpoints, newest first.
+    pub checkpoints: Vec<CheckpointStatus>,
+    /// Rows of `log.csv` after its header.
+    pub log_rows: usize,
+    /// The last `(step, loss)` row of `log.csv`.
+    pub last_log: Option<(u64, f64)>,
+    /// `metrics.json` (written by `ddpm eval`), if any.
+    pub metrics: Option<serde_json::Value>,
+    /// `loss.png`, if written.
+    pub loss_plot: Option<PathBuf>,
+}
+
+impl RunReport {
+    /// The newest checkpoint that reads completely.
+    pub fn newest_intact(&self) -> Option<&CheckpointStatus> {
+        self.checkpoints.iter().find(|c| c.problem.is_none())
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 impl Run {
@@ -77,6 +128,15 @@ impl Run {
         match &self.kind {
             RunKind::Diffusion(c) => &c.train,
             RunKind::Classifier(c) => &c.train,
+        }
+    }
+
+    /// The parameter layout of the run's network.
+    fn layout(&self) -> Vec<(String, Vec<usize>)> {
+        let device = Device::flex();
+        match &self.kind {
+            RunKind::Diffusion(c) => params::layout(&c.model.init(&device)),
+            RunKind::Classifier(c) => params::layout(&c.model.init(&device)),
         }
     }
 
@@ -140,5 +200,57 @@ impl Run {
         let model = config.model.init(device);
         let (weights, _) = self.weights(&params::layout(&model), ema)?;
         Ok((config.clone(), params::assign(model, &weights, false)))
+    }
+
+    /// Configuration, checkpoints (each read completely to tell intact from damaged), the
+    /// log's last row and `metrics.json`.
+    pub fn report(&self) -> Result<RunReport> {
+        let config: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(self.dir.join("config.json"))
+                .with_context(|| format!("reading {}", self.dir.join("config.json").display()))?,
+        )?;
+        let latest = fs::read_to_string(self.dir.join("checkpoints").join("latest"))
+            .map(|s| s.trim().to_string())
+            .ok();
+        let layout = self.layout();
+        let checkpoints = list_checkpoints(&self.dir)?
+            .into_iter()
+            .map(|(_, dir)| {
+                let check = check_checkpoint(&dir, &layout);
+                let name = dir.file_name().and_then(|n| n.to_str()).map(str::to_string);
+                CheckpointStatus {
+                    bytes: dir_bytes(&dir),
+                    latest: name.is_some() && name == latest,
+                    problem: check.as_ref().err().map(|e| format!("{e:#}")),
+                    meta: check.ok(),
+                    dir,
+                }
+            })
+            .collect();
+        let (log_rows, last_log) = match super::session::read_loss_log(&self.dir) {
+            Ok(rows) => (rows.len(), rows.last().copied()),
+            Err(_) => (0, None),
+        };
+        let metrics_path = self.dir.join("metrics.json");
+        let metrics = if metrics_path.exists() {
+            Some(
+                serde_json::from_str(
+                    &fs::read_to_string(&metrics_path)
+                        .with_context(|| format!("reading {}", metrics_path.display()))?,
+                )
+                .with_context(|| format!("{}: invalid JSON", metrics_path.display()))?,
+            )
+        } else {
+            None
+        };
+        let plot = self.dir.join("loss.png");
+        Ok(RunReport {
+            config,
+            checkpoints,
+            log_rows,
+            last_log,
+            metrics,
+            loss_plot: plot.exists().then_some(plot),
+        })
     }
 }

@@ -1,5 +1,5 @@
 //! The training loop every task shares: create or resume a run folder, step until the step or
-//! time budget, log to `log.csv`, checkpoint atomically, write previews.
+//! time budget, log to `log.csv`, checkpoint atomically, plot the loss, write previews.
 //!
 //! A [`Task`] (the diffusion model of Ho et al. 2020, Algorithm 1, in [`super::trainer`]; the
 //! noisy-image classifier of Dhariwal & Nichol 2021 in [`super::classifier`]) supplies its
@@ -25,6 +25,7 @@ use super::config::{TaskConfig, TrainConfig};
 use super::optim::{TrainState, UpdateStats};
 use crate::data::ImageSet;
 use crate::params;
+use crate::tensorfile::write_atomic;
 
 /// What one kind of training contributes to the shared loop: its step and its metrics.
 pub trait Task: Sized {
@@ -198,6 +199,50 @@ fn trim_log(run: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
+/// The `(step, loss)` rows of a run's `log.csv` (the columns named `step` and `loss`).
+pub fn read_loss_log(run: &Path) -> Result<Vec<(u64, f64)>> {
+    let path = run.join("log.csv");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("{}: no `{name}` column", path.display()))
+    };
+    let (cs, cl) = (col("step")?, col("loss")?);
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        let parsed = f
+            .get(cs)
+            .and_then(|s| s.parse::<u64>().ok())
+            .zip(f.get(cl).and_then(|s| s.parse::<f64>().ok()));
+        let Some(row) = parsed else {
+            bail!("{}: line {}: cannot read `{line}`", path.display(), i + 2);
+        };
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Draws the loss column of `RUN/log.csv` against the logged steps (log scale) into
+/// `RUN/loss.png`, atomically.
+pub fn plot_loss(run: &Path) -> Result<PathBuf> {
+    let losses: Vec<f64> = read_loss_log(run)?.into_iter().map(|(_, l)| l).collect();
+    let out = run.join("loss.png");
+    let tmp = run.join(format!(".loss-{}.png", std::process::id()));
+    crate::image::line_plot(&losses, true, 640, 360, &tmp)?;
+    let bytes = fs::read(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
+    fs::remove_file(&tmp).ok();
+    write_atomic(&out, &bytes)?;
+    Ok(out)
+}
+
 impl<T: Task> Session<T> {
     /// Starts a new run in `run` (refuses a folder that already holds checkpoints).
     pub fn create(run: &Path, config: T::Config, device: &Device) -> Result<Self> {
@@ -303,15 +348,18 @@ impl<T: Task> Session<T> {
         Ok(Some(path))
     }
 
+    /// Checkpoint, then the loss plot from the log.
     fn save(&mut self) -> Result<PathBuf> {
         self.meta.step = self.state.step;
-        save_checkpoint(
+        let dir = save_checkpoint(
             &self.run,
             &self.layout,
             &self.state,
             &self.meta,
             self.task.config().train().keep_checkpoints,
-        )
+        )?;
+        plot_loss(&self.run)?;
+        Ok(dir)
     }
 
     /// The forward phase of step `step`: its batch, the loss, and the loss's value, refusing
