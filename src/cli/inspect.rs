@@ -81,8 +81,9 @@ fn inspect_run(dir: &std::path::Path) -> Result<()> {
     }
     match r.last_log {
         Some((step, loss)) => println!(
-            "last loss: {loss:.6} at step {step} (log.csv, {} rows)",
-            r.log_rows
+            "last loss: {loss:.6} at step {step} (log.csv, {} row{})",
+            r.log_rows,
+            if r.log_rows == 1 { "" } else { "s" }
         ),
         None => match r.newest_intact().and_then(|c| c.meta.as_ref()) {
             Some(m) => println!(
