@@ -16,7 +16,7 @@ use ddpm::sampling::{
     Ancestral, ClassifierGrad, Guidance, LoopOptions, NoiseSource, Sampler, SamplerConfig,
     sample_loop_with,
 };
-use ddpm::train::{classifier::load_classifier, load_run_model};
+use ddpm::train::Run;
 
 /// Draws `shape` samples with `sampler`, guided towards `class` with scale `s`.
 #[allow(clippy::too_many_arguments)]
@@ -50,8 +50,8 @@ fn main() -> anyhow::Result<()> {
     if let [run, classifier_run, rest @ ..] = args.as_slice() {
         let class: usize = rest.first().map_or(Ok(7), |s| s.parse())?;
         let scale: f64 = rest.get(1).map_or(Ok(3.0), |s| s.parse())?;
-        let (config, model, _) = load_run_model(run.as_ref(), &device, true)?;
-        let (_, classifier) = load_classifier(classifier_run.as_ref(), &device, true)?;
+        let (config, model, _) = Run::open(run.as_ref())?.model(&device, true)?;
+        let (_, classifier) = Run::open(classifier_run.as_ref())?.classifier(&device, true)?;
         let guide = ClassifierGuide::new(classifier, &device);
         let d = GaussianDiffusion::new(config.diffusion);
         let ddim = SamplerConfig::default().build(&d); // DDIM, 50 quadratic steps

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 use ddpm::model::UNetConfig;
 use ddpm::sampling::{BatchOptions, SamplerConfig, sample_batched};
-use ddpm::train::{OptimConfig, RunConfig, TrainConfig, Trainer, load_run_model};
+use ddpm::train::{OptimConfig, Run, RunConfig, TrainConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // DPM-Solver++(2M), 20 steps, from the EMA weights of the latest checkpoint.
-    let (config, model, _step) = load_run_model(&run, &device, true)?;
+    let (config, model, _step) = Run::open(&run)?.model(&device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion);
     let sampler = SamplerConfig::from_name("dpm-solver++", 20, 0.0, None, true)
         .map_err(anyhow::Error::msg)?

@@ -10,7 +10,7 @@
 //! use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 //! use ddpm::model::UNetConfig;
 //! use ddpm::sampling::{BatchOptions, SamplerConfig, sample_batched};
-//! use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+//! use ddpm::train::{Run, RunConfig, TrainConfig, Trainer};
 //!
 //! let device = Device::flex();
 //! // Train a tiny model on the built-in MNIST-5k digits for 200 steps (Algorithm 1).
@@ -22,7 +22,7 @@
 //! let run = std::path::Path::new("runs/tiny");
 //! Trainer::create(run, config, &device)?.train()?;
 //! // Sample 16 digits with 50 DDIM steps from the EMA weights and save a grid.
-//! let (config, model, _step) = load_run_model(run, &device, true)?;
+//! let (config, model, _step) = Run::open(run)?.model(&device, true)?;
 //! let diffusion = GaussianDiffusion::new(config.diffusion);
 //! let sampler = SamplerConfig::from_name("dpm-solver++", 20, 0.0, None, true).unwrap().build(&diffusion);
 //! let opts = BatchOptions { seed: 0, ..Default::default() };
@@ -55,12 +55,9 @@ pub(crate) mod testing;
 /// A training step allocates and frees many multi-megabyte buffers. glibc serves those with
 /// fresh `mmap`s and returns them on `free`, so every step pays for the kernel zeroing new pages
 /// (19% of a training step in a profile of `ddpm bench`). Keeping freed memory in the heap
-/// removes that cost (BENCHMARKS.md has the before/after).
-/// Setting `DDPM_DEFAULT_MALLOC=1` skips it (for before/after measurements).
+/// removes that cost (BENCHMARKS.md has the before/after). Not calling it keeps glibc's
+/// defaults (the CLI's `--malloc default`, for before/after measurements).
 pub fn tune_allocator() {
-    if std::env::var_os("DDPM_DEFAULT_MALLOC").is_some() {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before any threads start.
     unsafe {

@@ -137,3 +137,81 @@ fn bad_input_gives_clear_errors() {
     let (ok, out, _) = ddpm(&["--help"]);
     assert!(ok && out.contains("train") && out.contains("sample") && out.contains("demo"));
 }
+
+#[test]
+fn resume_passes_over_a_damaged_checkpoint_and_inspect_reports_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let (ok, out, err) = ddpm(&[
+        "train",
+        "--run",
+        run_s,
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--preview-count",
+        "0",
+        "--quiet",
+    ]);
+    assert!(ok, "train failed: {out}\n{err}");
+    // loss.png is written next to log.csv and is a PNG.
+    let png = std::fs::read(run.join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(image::load_from_memory(&png).is_ok());
+
+    // Truncate the newest checkpoint's EMA file, as an interrupted copy would.
+    let ema = run.join("checkpoints/step-0000004/ema.safetensors");
+    let bytes = std::fs::read(&ema).unwrap();
+    std::fs::write(&ema, &bytes[..100]).unwrap();
+
+    // inspect --run shows config, steps, last loss, checkpoints with sizes and their state.
+    let (ok, out, err) = ddpm(&["inspect", "--run", run_s]);
+    assert!(ok, "inspect failed: {out}\n{err}");
+    for want in [
+        "diffusion model",
+        "\"batch_size\": 4",
+        "step-0000004",
+        "damaged",
+        "ema.safetensors",
+        "step-0000002",
+        "intact",
+        "newest intact checkpoint: step 2",
+        "last loss",
+        "metrics.json: none",
+        "loss.png",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    assert!(out.contains(" KB") || out.contains(" MB"), "{out}");
+
+    // --resume falls back to step 2 and says why.
+    let (ok, out, err) = ddpm(&["train", "--resume", run_s, "--steps", "5", "--quiet"]);
+    assert!(ok, "resume failed: {out}\n{err}");
+    assert!(
+        err.contains("step-0000004")
+            && err.contains("ema.safetensors")
+            && err.contains("newest intact checkpoint, step 2"),
+        "{err}"
+    );
+    assert!(
+        out.contains("from step 2") && out.contains("step 5"),
+        "{out}"
+    );
+
+    // metrics.json is shown when present.
+    std::fs::write(run.join("metrics.json"), r#"{"fid": {"ddim-50": 12.5}}"#).unwrap();
+    let (ok, out, _) = ddpm(&["inspect", "--run", run_s]);
+    assert!(
+        ok && out.contains("12.5") && out.contains("step-0000005"),
+        "{out}"
+    );
+    // A folder that is not a run is refused with the file named.
+    let (ok, _, err) = ddpm(&["inspect", "--run", dir.path().to_str().unwrap()]);
+    assert!(!ok && err.contains("config.json"), "{err}");
+}

@@ -10,7 +10,7 @@ use ddpm::model::UNetConfig;
 use ddpm::oracle::FiniteSetOracle;
 use ddpm::sampling::NoiseSource;
 use ddpm::train::optim::OptimConfig;
-use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+use ddpm::train::{Run, RunConfig, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const SIDE: usize = 8;
@@ -64,7 +64,7 @@ fn train_and_compare(prediction: Prediction, steps: u64) -> [f64; 4] {
         .train()
         .unwrap();
     // The EMA weights: an average over the last ~100 steps of SGD noise.
-    let (config, net, _) = load_run_model(&run, &device, true).unwrap();
+    let (config, net, _) = Run::open(&run).unwrap().model(&device, true).unwrap();
     let d = GaussianDiffusion::new(config.diffusion);
     let dim = SIDE * SIDE;
     let oracle = FiniteSetOracle::new(&d, vec![vec![-1.0; dim], vec![1.0; dim]]);

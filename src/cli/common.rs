@@ -147,7 +147,7 @@ impl SamplingArgs {
         let sampler = config.build(&diffusion);
         let classifier = match &self.classifier {
             Some(dir) => {
-                let (ccfg, clf) = ddpm::train::classifier::load_classifier(dir, device, true)?;
+                let (ccfg, clf) = ddpm::train::Run::open(dir)?.classifier(device, true)?;
                 let k = ccfg.model.num_classes;
                 if let Some(c) = self.class
                     && c >= k

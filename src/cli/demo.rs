@@ -54,7 +54,7 @@ pub(crate) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
         s.wall_seconds / 60.0,
         s.loss
     );
-    let (config, model, _) = load_run_model(&run, device, true)?;
+    let (config, model, _) = Run::open(&run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let sampler = SamplerConfig::default().build(&diffusion);
     let mut frames = Vec::new();

@@ -69,7 +69,7 @@ pub(crate) struct NllArgs {
 }
 
 pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, !a.raw)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
@@ -149,14 +149,14 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
 }
 
 pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, true)?;
     let m = &config.model;
     let plan = a
         .sampling
         .plan(&config.diffusion, m.num_classes(), "ddim", device)?;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
     let judge = match &a.judge {
-        Some(dir) => Some(ddpm::train::classifier::load_classifier(dir, device, true)?),
+        Some(dir) => Some(Run::open(dir)?.classifier(device, true)?),
         None => None,
     };
     let num_classes = a

@@ -77,7 +77,7 @@ pub(crate) fn pick_image(which: &str, set: &data::ImageSet, cfg: &UNetConfig) ->
 }
 
 pub(crate) fn cmd_encode(a: EncodeArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
@@ -134,7 +134,7 @@ pub(crate) fn cmd_encode(a: EncodeArgs, device: &Device) -> Result<()> {
 }
 
 pub(crate) fn cmd_interpolate(a: InterpolateArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());

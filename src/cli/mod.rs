@@ -34,7 +34,7 @@ pub(crate) mod prelude {
         BatchOptions, Ddim, NoiseSource, Sampler, SamplerConfig, Spacing, timestep_subsequence,
     };
     pub(crate) use ddpm::schedule::BetaSchedule;
-    pub(crate) use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+    pub(crate) use ddpm::train::{Run, RunConfig, TrainConfig, Trainer};
 
     pub(crate) use super::common::*;
     pub(crate) use super::fid::{FidNetArgs, dataset_features, fid_progress};

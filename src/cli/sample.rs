@@ -56,7 +56,7 @@ fn image_tensor(path: &std::path::Path, m: &UNetConfig, device: &Device) -> Resu
 }
 
 pub(crate) fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, !a.raw)?;
     let m = &config.model;
     let mut plan = a
         .sampling
