@@ -46,9 +46,7 @@ fn main() -> anyhow::Result<()> {
     // DPM-Solver++(2M), 20 steps, from the EMA weights of the latest checkpoint.
     let (config, model, _step) = Run::open(&run)?.model(&device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion);
-    let sampler = SamplerConfig::from_name("dpm-solver++", 20, 0.0, None, true)
-        .map_err(anyhow::Error::msg)?
-        .build(&diffusion);
+    let sampler = SamplerConfig::from_name("dpm-solver++", 20, 0.0, None, true)?.build(&diffusion);
     let opts = BatchOptions {
         seed: 0,
         ..Default::default()

@@ -142,8 +142,7 @@ impl SamplingArgs {
         }
         let diffusion = GaussianDiffusion::new(dcfg);
         let name = self.sampler.as_deref().unwrap_or(default_sampler);
-        let config = SamplerConfig::from_name(name, self.steps, self.eta, self.spacing, self.clip)
-            .map_err(anyhow::Error::msg)?;
+        let config = SamplerConfig::from_name(name, self.steps, self.eta, self.spacing, self.clip)?;
         let sampler = config.build(&diffusion);
         let classifier = match &self.classifier {
             Some(dir) => {

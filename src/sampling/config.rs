@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 use super::{Ancestral, Ddim, DpmSolverPP, Heun, Sampler, Spacing, timestep_subsequence};
 use crate::diffusion::GaussianDiffusion;
 
+/// A sampler name that [`SamplerConfig::from_name`] does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown sampler `{0}` ({names})", names = SamplerConfig::NAMES)]
+pub struct UnknownSampler(pub String);
+
 /// Which sampler, with its options.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "sampler", rename_all = "kebab-case")]
@@ -73,7 +78,7 @@ impl SamplerConfig {
         eta: f64,
         spacing: Option<Spacing>,
         clip_x0: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, UnknownSampler> {
         Ok(match name {
             "ddpm" | "ancestral" => SamplerConfig::Ddpm { clip_x0 },
             "ddim" => SamplerConfig::Ddim {
@@ -92,7 +97,7 @@ impl SamplerConfig {
                 spacing: spacing.unwrap_or(Spacing::Quadratic),
                 clip_x0,
             },
-            other => return Err(format!("unknown sampler `{other}` ({})", Self::NAMES)),
+            other => return Err(UnknownSampler(other.to_string())),
         })
     }
 
@@ -159,6 +164,15 @@ impl SamplerConfig {
 mod tests {
     use super::*;
     use crate::diffusion::DiffusionConfig;
+
+    #[test]
+    fn unknown_names_are_refused_with_the_known_ones_listed() {
+        let e = SamplerConfig::from_name("euler", 10, 0.0, None, true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown sampler `euler` (ddpm, ddim, dpm-solver++, heun)"
+        );
+    }
 
     #[test]
     fn configs_round_trip_through_json_and_build_their_samplers() {

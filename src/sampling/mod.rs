@@ -20,7 +20,7 @@ pub mod langevin;
 
 pub use ancestral::Ancestral;
 pub use batched::{BatchOptions, for_each_batch, sample_batched};
-pub use config::SamplerConfig;
+pub use config::{SamplerConfig, UnknownSampler};
 pub use ddim::{Ddim, Spacing, ddim_encode, slerp, timestep_subsequence};
 pub use dpm_solver::DpmSolverPP;
 pub use editing::{Inpaint, SdEdit};
