@@ -5,10 +5,13 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ddpm::diffusion::{Denoiser, DiffusionConfig, GaussianDiffusion, VarianceType};
-use ddpm::likelihood::{calc_bpd, standard_normal_cdf};
+use ddpm::likelihood::calc_bpd;
 use ddpm::oracle::GaussianOracle;
 use ddpm::sampling::NoiseSource;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+
+mod common;
+use common::discretised_gaussian;
 
 const M: f64 = 0.1;
 const S: f64 = 0.3;
@@ -52,22 +55,7 @@ impl Denoiser for WithVariance<'_> {
 }
 
 fn discretised_samples(n: usize) -> Vec<f32> {
-    let p: Vec<f64> = (0..256)
-        .map(|k| {
-            let x = k as f64 / 127.5 - 1.0;
-            let hi = if k == 255 {
-                1.0
-            } else {
-                standard_normal_cdf((x + 1.0 / 255.0 - M) / S)
-            };
-            let lo = if k == 0 {
-                0.0
-            } else {
-                standard_normal_cdf((x - 1.0 / 255.0 - M) / S)
-            };
-            hi - lo
-        })
-        .collect();
+    let p = discretised_gaussian(M, S);
     let cdf: Vec<f64> = p
         .iter()
         .scan(0.0, |a, &q| {

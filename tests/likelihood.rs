@@ -2,30 +2,13 @@
 
 use burn::tensor::Device;
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion, VarianceType};
-use ddpm::likelihood::{calc_bpd, standard_normal_cdf};
+use ddpm::likelihood::calc_bpd;
 use ddpm::oracle::GaussianOracle;
 use ddpm::sampling::NoiseSource;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// Bin masses of N(m, s²) on the 256-level grid of [−1, 1], edge bins open.
-fn discretised_gaussian(m: f64, s: f64) -> Vec<f64> {
-    (0..256)
-        .map(|k| {
-            let x = k as f64 / 127.5 - 1.0;
-            let hi = if k == 255 {
-                1.0
-            } else {
-                standard_normal_cdf((x + 1.0 / 255.0 - m) / s)
-            };
-            let lo = if k == 0 {
-                0.0
-            } else {
-                standard_normal_cdf((x - 1.0 / 255.0 - m) / s)
-            };
-            hi - lo
-        })
-        .collect()
-}
+mod common;
+use common::discretised_gaussian;
 
 #[test]
 fn bound_with_the_exact_predictor_is_at_least_and_close_to_the_true_nll() {

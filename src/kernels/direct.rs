@@ -2,7 +2,7 @@
 //!
 //! The GEMM route copies the input nine times into a patch matrix, and the GEMM then copies
 //! that matrix again into its packed panels. Here the micro-kernel reads the zero-padded input
-//! planes in place: in the "wide" layout of [`super::conv`] the input that output position `q`
+//! planes in place: in the "wide" layout the GEMM route (conv.rs) also uses, the input that output position `q`
 //! needs for tap (ky, kx) sits at `q + ky·Wp + kx`, so 16 consecutive outputs need 16
 //! consecutive inputs — one vector load — for every (input channel, tap). Each load feeds
 //! up to 16 fused multiply-adds, one per output channel of the block, with the weight
