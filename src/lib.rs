@@ -32,6 +32,7 @@
 //! ```
 
 pub mod data;
+pub mod diffusers;
 pub mod diffusion;
 pub mod image;
 pub mod kernels;
