@@ -390,3 +390,56 @@ fn rand_name() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
+
+/// diffusers' own ε against ddpm's, run by scripts/check-diffusers-interop.sh: DDPM_INTEROP_DIR
+/// is a diffusers model folder with `reference_io.safetensors` (`x`, integer `t`, diffusers'
+/// `eps`); the folder is loaded by ddpm, and DDPM_INTEROP_RUN, when set, is a run whose EMA
+/// weights must give the same ε.
+#[test]
+fn diffusers_reference_io_when_given() {
+    let Some(dir) = std::env::var_os("DDPM_INTEROP_DIR").map(std::path::PathBuf::from) else {
+        println!("SKIP: DDPM_INTEROP_DIR is not set (scripts/check-diffusers-interop.sh sets it)");
+        return;
+    };
+    let device = Device::flex();
+    let files = diffusers::locate(&dir).unwrap();
+    let io_path = files
+        .config
+        .parent()
+        .unwrap()
+        .join("reference_io.safetensors");
+    let io = ddpm::tensorfile::read_f32_tensors(&io_path).unwrap();
+    let get = |n: &str| io.iter().find(|(k, _, _)| k == n).unwrap().clone();
+    let ((_, xs, x), (_, _, t), (_, _, eps)) = (get("x"), get("t"), get("eps"));
+    let input = || {
+        Tensor::<4>::from_data(
+            TensorData::new(x.clone(), [xs[0], xs[1], xs[2], xs[3]]),
+            &device,
+        )
+    };
+    let max_abs = |out: Tensor<4>| {
+        let out: Vec<f32> = out.into_data().try_into_vec().unwrap();
+        out.iter()
+            .zip(&eps)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    let scale = eps.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (_, model) = diffusers::load_diffusers_unet(&dir, &device).unwrap();
+    let err = max_abs(model.forward(input(), &t, false));
+    println!(
+        "{} ({}): t = {t:?}, max |eps| = {scale:.3}, max |eps_ddpm - eps_diffusers| = {err:.3e}",
+        dir.display(),
+        files.weights.file_name().unwrap().to_string_lossy()
+    );
+    assert!(err <= 1e-4, "{err}");
+    if let Some(run) = std::env::var_os("DDPM_INTEROP_RUN").map(std::path::PathBuf::from) {
+        let (_, model, step) = load_run_model(&run, &device, true).unwrap();
+        let err = max_abs(model.forward(input(), &t, false));
+        println!(
+            "run {} (step {step}, EMA): max |eps_ddpm - eps_diffusers| = {err:.3e}",
+            run.display()
+        );
+        assert!(err <= 1e-4, "{err}");
+    }
+}
