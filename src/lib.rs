@@ -40,6 +40,7 @@ pub mod likelihood;
 pub mod metrics;
 pub mod model;
 pub mod oracle;
+pub mod output;
 pub mod params;
 pub mod sampling;
 pub mod schedule;

@@ -340,7 +340,7 @@ fn walk(v: &Val, path: &mut Vec<String>, out: &mut Vec<(String, TensorRef)>) {
 }
 
 /// The entries of a ZIP archive (stored or deflated), by name.
-fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
+pub(crate) fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
     let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]) as usize;
     let u32_at = |p: usize| u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize;
     ensure!(
@@ -372,6 +372,11 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
         let usize_ = u32_at(p + 24);
         let (nlen, xlen, clen) = (u16_at(p + 28), u16_at(p + 30), u16_at(p + 32));
         let local = u32_at(p + 42);
+        ensure!(
+            p + 46 + nlen <= bytes.len(),
+            "{}: corrupt ZIP directory",
+            path.display()
+        );
         let name = String::from_utf8_lossy(&bytes[p + 46..p + 46 + nlen]).to_string();
         p += 46 + nlen + xlen + clen;
         ensure!(
