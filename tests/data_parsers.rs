@@ -5,6 +5,8 @@ use std::path::Path;
 
 use ddpm::data::{self, Split, cifar, folder, idx};
 
+mod common;
+
 fn idx_bytes(dims: &[u32], payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0, 0, 8, dims.len() as u8];
     for d in dims {
@@ -174,11 +176,9 @@ fn image_folders_with_classes_alpha_and_resizing() {
 
 #[test]
 fn emoji_folder_when_present() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emoji/png64");
-    if !dir.exists() {
-        println!("SKIP: {} is absent", dir.display());
+    let Some(dir) = common::fixture("emoji/png64") else {
         return;
-    }
+    };
     let set = folder::open(&dir, Some(32)).unwrap();
     assert_eq!((set.len(), set.channels, set.height), (3786, 3, 32));
 }
@@ -191,11 +191,10 @@ fn builtin_mnist5k_matches_its_source() {
     for c in 0..10 {
         assert_eq!(labels.iter().filter(|&&l| l == c).count(), 500);
     }
-    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist-5k/mnist_5k.csv.gz");
-    if !csv.exists() {
-        println!("SKIP: {} is absent; compared counts only", csv.display());
+    let Some(csv) = common::fixture("mnist-5k/mnist_5k.csv.gz") else {
+        println!("compared counts only");
         return;
-    }
+    };
     let text = String::from_utf8(idx::read_maybe_gz(&csv).unwrap()).unwrap();
     for (i, line) in text.lines().enumerate() {
         let v: Vec<u8> = line.split(',').map(|x| x.trim().parse().unwrap()).collect();
