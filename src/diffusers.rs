@@ -269,11 +269,16 @@ pub fn unet_config_from_diffusers(json: &Value) -> Result<UNetConfig> {
         out_channels == in_channels,
         "unsupported diffusers setting `out_channels` = {out_channels}: ddpm predicts ε only, so it must equal `in_channels` = {in_channels} (learned variances are not implemented)"
     );
-    let image_size = s.usize("sample_size").map_err(|_| {
-        anyhow::anyhow!(
-            "setting `sample_size` = {} must be one integer (square images)",
-            s.get("sample_size")
-        )
+    // An integer, or [height, width] (square only).
+    let size = s.get("sample_size");
+    let image_size = match size.as_array().map(|a| a.as_slice()) {
+        Some([h, w]) if h == w => h.as_u64(),
+        Some(_) => None,
+        None => size.as_u64(),
+    }
+    .map(|v| v as usize)
+    .with_context(|| {
+        format!("unsupported diffusers setting `sample_size` = {size}: ddpm needs square images (one integer)")
     })?;
     let time_dim = s.get("time_embedding_dim");
     ensure!(
@@ -1006,6 +1011,13 @@ mod tests {
             let err = format!("{:#}", unet_config_from_diffusers(&j).unwrap_err());
             assert!(err.contains(needle), "{key}: {err}");
         }
+        // sample_size as [h, w]: square only.
+        let mut j = fixture_like();
+        j["sample_size"] = json!([16, 16]);
+        assert_eq!(unet_config_from_diffusers(&j).unwrap().image_size, 16);
+        j["sample_size"] = json!([16, 32]);
+        let err = unet_config_from_diffusers(&j).unwrap_err().to_string();
+        assert!(err.contains("`sample_size` = [16,32]"), "{err}");
         // An omitted setting takes diffusers' default, which may be one ddpm refuses.
         let mut j = fixture_like();
         j.as_object_mut().unwrap().remove("attention_head_dim");

@@ -14,7 +14,8 @@ pub(crate) struct ImportArgs {
     /// Run folder to create (must not hold a run yet).
     #[arg(long)]
     pub(crate) run: PathBuf,
-    /// Data set recorded in the run for further training (`ddpm train --resume`).
+    /// Data set recorded in the run for further training with `ddpm train --resume` (set it
+    /// to the data to fine-tune on; sampling does not use it).
     #[arg(long, default_value = "mnist5k")]
     pub(crate) data: String,
 }
