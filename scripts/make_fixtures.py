@@ -61,13 +61,14 @@ def grey_images():
             "gray": (f[0:4], "Fashion-MNIST t10k images 0..3"),
             "a": (f[100:356], "Fashion-MNIST t10k images 100..355"),
             "a2": (f[356:612], "Fashion-MNIST t10k 356..611"),
-            "b": (mnist[0:256], "MNIST-5k (assets/) rows 0..255"),
+            "b": (mnist[0:256], "MNIST-5k (assets/) rows 0..255 (all zeros)"),
         }
+    # MNIST-5k is sorted by class (500 each): every 19th row spans all ten digits.
     return {
-        "gray": (mnist[4000:4004], "MNIST-5k (assets/) rows 4000..4003"),
-        "a": (mnist[256:512], "MNIST-5k (assets/) rows 256..511"),
-        "a2": (mnist[512:768], "MNIST-5k (assets/) rows 512..767"),
-        "b": (mnist[0:256], "MNIST-5k (assets/) rows 0..255"),
+        "gray": (mnist[0:5000:1250], "MNIST-5k (assets/) rows 0, 1250, 2500, 3750"),
+        "a": (mnist[1:4850:19], "MNIST-5k (assets/) rows 1, 20, ..., 4846 (every 19th)"),
+        "a2": (mnist[2:4850:19], "MNIST-5k (assets/) rows 2, 21, ..., 4847 (every 19th)"),
+        "b": (mnist[0:256], "MNIST-5k (assets/) rows 0..255 (all zeros)"),
     }
 
 
@@ -217,8 +218,8 @@ def fid_inception(out: Path) -> None:
         x, y = x.double().numpy(), y.double().numpy()
         m1, m2 = x.mean(0), y.mean(0)
         s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-        covmean, _ = scipy.linalg.sqrtm(s1.dot(s2), disp=False)
-        covmean = covmean.real
+        covmean = scipy.linalg.sqrtm(s1.dot(s2))
+        covmean = (covmean[0] if isinstance(covmean, tuple) else covmean).real
         return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
     values = {
