@@ -675,12 +675,13 @@ pub fn read_weights(path: &Path) -> Result<Vec<NamedTensor>> {
         use std::io::Read;
         let mut f =
             std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let n = f.read(&mut head)?;
-        ensure!(n == 4, "{}: empty or truncated file", path.display());
+        f.read_exact(&mut head)
+            .map_err(|_| anyhow::anyhow!("{}: empty or truncated file", path.display()))?;
     }
     if head == *b"PK\x03\x04" {
         crate::torchscript::read_torch_save_tensors(path)
-    } else if head[0] == 0x80 && head[1] <= 5 {
+    } else if head == [0x80, 0x02, 0x8a, 0x0a] {
+        // Pickle protocol 2 starting with torch's magic number (a LONG1 of 10 bytes).
         bail!(
             "{}: a torch.save file in the legacy (before PyTorch 1.6) format; re-save it with a recent PyTorch or convert it to safetensors",
             path.display()
@@ -1092,6 +1093,22 @@ mod tests {
             let err = diffusion_from_scheduler(&j).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn legacy_torch_save_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("diffusion_pytorch_model.bin");
+        // What torch.save(..., _use_new_zipfile_serialization=False) starts with.
+        std::fs::write(&p, b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
+        let err = read_weights(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("legacy") && err.contains("diffusion_pytorch_model.bin"),
+            "{err}"
+        );
+        std::fs::write(&p, b"").unwrap();
+        let err = read_weights(&p).unwrap_err().to_string();
+        assert!(err.contains("empty or truncated"), "{err}");
     }
 
     #[test]
