@@ -10,8 +10,8 @@ presets=("$@"); [ ${#presets[@]} -eq 0 ] && presets=(small28 cifar10)
 cargo build --release -q
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; threads $THREADS, batch $BATCH"
 for p in "${presets[@]}"; do
-  echo "== $p: ddpm with burn-flex's own ops (DDPM_KERNELS=burn: the 'before')"
-  DDPM_KERNELS=burn ./target/release/ddpm --threads "$THREADS" bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
+  echo "== $p: ddpm with burn-flex's own ops (--kernels burn: the 'before')"
+  ./target/release/ddpm --threads "$THREADS" --kernels burn bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
   echo "== $p: ddpm (burn-flex + src/kernels)"
   ./target/release/ddpm --threads "$THREADS" bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
   if python3 -c "import torch, diffusers" 2>/dev/null; then

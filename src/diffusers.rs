@@ -25,14 +25,14 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 use serde_json::{Value, json};
 
-use crate::diffusion::{DiffusionConfig, LossType, VarianceType};
+use crate::diffusion::{DiffusionConfig, Prediction, VarianceType};
 use crate::model::{UNet, UNetConfig};
 use crate::params;
 use crate::schedule::BetaSchedule;
 use crate::tensorfile::{self, NamedTensor};
-use crate::train::checkpoint::{CheckpointMeta, latest_checkpoint, load_weights, save_checkpoint};
+use crate::train::checkpoint::{CheckpointMeta, save_checkpoint};
 use crate::train::optim::TrainState;
-use crate::train::{RunConfig, TrainConfig};
+use crate::train::{Run, RunConfig, TrainConfig};
 
 /// The model's settings file in a diffusers folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -231,10 +231,18 @@ pub fn unet_config_from_diffusers(json: &Value) -> Result<UNetConfig> {
         json!(true),
         "attention in the middle block",
     )?;
-    s.expect("class_embed_type", Value::Null, "no class embedding")?;
-    // Class-conditional models (diffusers `num_class_embeds`) map here once the U-Net has a
-    // class embedding.
-    s.expect("num_class_embeds", Value::Null, "unconditional models")?;
+    s.expect(
+        "class_embed_type",
+        Value::Null,
+        "a learned class embedding from `num_class_embeds`",
+    )?;
+    let num_class_embeds = match s.get("num_class_embeds") {
+        Value::Null => None,
+        v => match v.as_u64() {
+            Some(n) if n > 0 => Some(n as usize),
+            _ => bail!("setting `num_class_embeds` = {v} is not a positive integer"),
+        },
+    };
 
     let boc: Vec<usize> = {
         let v = s.get("block_out_channels");
@@ -265,9 +273,10 @@ pub fn unet_config_from_diffusers(json: &Value) -> Result<UNetConfig> {
         .collect::<Result<_>>()?;
     let in_channels = s.usize("in_channels")?;
     let out_channels = s.usize("out_channels")?;
+    // 2C outputs: the second half interpolates the variance (`learned_range`).
     ensure!(
-        out_channels == in_channels,
-        "unsupported diffusers setting `out_channels` = {out_channels}: ddpm predicts ε only, so it must equal `in_channels` = {in_channels} (learned variances are not implemented)"
+        out_channels == in_channels || out_channels == 2 * in_channels,
+        "unsupported diffusers setting `out_channels` = {out_channels}: ddpm needs `in_channels` = {in_channels}, or twice that for a learned variance"
     );
     // An integer, or [height, width] (square only).
     let size = s.get("sample_size");
@@ -316,6 +325,8 @@ pub fn unet_config_from_diffusers(json: &Value) -> Result<UNetConfig> {
         dropout: s.f64("dropout")?,
         norm_groups: groups,
         norm_eps: s.f64("norm_eps")?,
+        out_channels: (out_channels != in_channels).then_some(out_channels),
+        num_class_embeds,
     };
     let sizes = config.level_sizes();
     let mut attention_channels = vec![boc[boc.len() - 1]];
@@ -405,9 +416,9 @@ pub fn unet_config_to_diffusers(c: &UNetConfig) -> Result<Value> {
         "mid_block_type": "UNetMidBlock2D",
         "norm_eps": c.norm_eps,
         "norm_num_groups": c.norm_groups,
-        "num_class_embeds": null,
+        "num_class_embeds": c.num_class_embeds,
         "num_train_timesteps": null,
-        "out_channels": c.in_channels,
+        "out_channels": c.out_channels.unwrap_or(c.in_channels),
         "resnet_time_scale_shift": "default",
         "sample_size": c.image_size,
         "time_embedding_dim": null,
@@ -460,13 +471,14 @@ pub fn diffusion_from_scheduler(json: &Value) -> Result<(DiffusionConfig, Vec<St
     if json.get("predict_epsilon") == Some(&json!(false)) {
         bail!("unsupported diffusers setting `predict_epsilon` = false: ddpm models predict ε");
     }
-    // ε is the only parametrisation of the network for now; x0 and v map here when
-    // DiffusionConfig has a prediction type.
-    s.expect(
-        "prediction_type",
-        json!("epsilon"),
-        "ε-prediction, Ho et al. eq. 11",
-    )?;
+    let prediction = match s.str("prediction_type")?.as_str() {
+        "epsilon" => Prediction::Epsilon,
+        "sample" => Prediction::X0,
+        "v_prediction" => Prediction::V,
+        other => bail!(
+            "unsupported diffusers setting `prediction_type` = \"{other}\": ddpm's networks predict epsilon, sample (x₀) or v_prediction"
+        ),
+    };
     s.expect(
         "rescale_betas_zero_snr",
         json!(false),
@@ -521,8 +533,11 @@ pub fn diffusion_from_scheduler(json: &Value) -> Result<(DiffusionConfig, Vec<St
     let variance = match s.str("variance_type")?.as_str() {
         "fixed_small" | "fixed_small_log" => VarianceType::Small,
         "fixed_large" | "fixed_large_log" => VarianceType::Large,
+        // log σ² = frac·log β_t + (1 − frac)·log β̃_t, frac = (v + 1)/2 (Nichol & Dhariwal 2021
+        // eq. 15), diffusers' `learned_range`.
+        "learned_range" => VarianceType::Learned,
         other => bail!(
-            "unsupported diffusers setting `variance_type` = \"{other}\": ddpm has fixed variances only (fixed_small = β̃_t, fixed_large = β_t)"
+            "unsupported diffusers setting `variance_type` = \"{other}\": ddpm reads fixed_small (β̃_t), fixed_large (β_t) and learned_range"
         ),
     };
     if !s.bool("clip_sample")? {
@@ -542,7 +557,8 @@ pub fn diffusion_from_scheduler(json: &Value) -> Result<(DiffusionConfig, Vec<St
             num_timesteps: t,
             schedule,
             variance,
-            loss: LossType::Simple,
+            prediction,
+            ..Default::default()
         },
         notes,
     ))
@@ -569,11 +585,16 @@ pub fn scheduler_to_diffusers(d: &DiffusionConfig) -> Value {
         "clip_sample": true,
         "clip_sample_range": 1.0,
         "num_train_timesteps": d.num_timesteps,
-        "prediction_type": "epsilon",
+        "prediction_type": match d.prediction {
+            Prediction::Epsilon => "epsilon",
+            Prediction::X0 => "sample",
+            Prediction::V => "v_prediction",
+        },
         "trained_betas": trained,
         "variance_type": match d.variance {
             VarianceType::Small => "fixed_small",
             VarianceType::Large => "fixed_large",
+            VarianceType::Learned => "learned_range",
         },
     })
 }
@@ -707,7 +728,7 @@ pub fn weights_for(model: &UNet, tensors: Vec<NamedTensor>, path: &Path) -> Resu
                 our_name_to_diffusers(&name)
             )
         })?;
-        let v = if shape.len() == 2 {
+        let v = if is_linear_weight(&name, &shape) {
             // PyTorch dense weights are [out, in]; ours are [in, out].
             ensure!(
                 src_shape == vec![shape[1], shape[0]],
@@ -770,6 +791,35 @@ pub fn load(dir: &Path, device: &Device) -> Result<(DiffusersModel, UNet)> {
         }
         None => (None, Vec::new()),
     };
+    let mut notes = notes;
+    let learned_out = config.out_channels.is_some();
+    let diffusion = match diffusion {
+        Some(d) if (d.variance == VarianceType::Learned) != learned_out => bail!(
+            "{} has `out_channels` = {} but {} says `variance_type` = {}: a learned variance (learned_range) needs twice `in_channels` = {} outputs, a fixed one exactly {}",
+            files.config.display(),
+            config.out_channels.unwrap_or(config.in_channels),
+            files.scheduler.as_ref().unwrap().display(),
+            scheduler_to_diffusers(&d)["variance_type"],
+            config.in_channels,
+            config.in_channels
+        ),
+        None if learned_out => {
+            notes.push(
+                "2C output channels and no scheduler config: the second half is read as a learned variance (learned_range)".into(),
+            );
+            Some(DiffusionConfig {
+                variance: VarianceType::Learned,
+                ..Default::default()
+            })
+        }
+        d => d,
+    };
+    if let Some(n) = config.num_class_embeds {
+        notes.push(format!(
+            "class-conditional: ddpm reads the last of the {n} class-embedding rows as the null label ∅ of classifier-free guidance, so classes 0..{} are the conditional ones",
+            n.saturating_sub(1)
+        ));
+    }
     let tensors = read_weights(&files.weights)?;
     let model = config.init(device);
     let weights = weights_for(&model, tensors, &files.weights)?;
@@ -855,39 +905,21 @@ pub struct ExportReport {
 pub fn export_run(run: &Path, out: &Path, ema: bool) -> Result<ExportReport> {
     let config = RunConfig::load(run)?;
     let unet_json = unet_config_to_diffusers(&config.model)?;
-    let ckpt = latest_checkpoint(run)?
-        .with_context(|| format!("{}: no checkpoint yet (train first)", run.display()))?;
-    let step = serde_json::from_str::<CheckpointMeta>(
-        &std::fs::read_to_string(ckpt.join("state.json"))
-            .with_context(|| format!("reading {}", ckpt.join("state.json").display()))?,
-    )
-    .with_context(|| {
-        format!(
-            "{}: invalid checkpoint state",
-            ckpt.join("state.json").display()
-        )
-    })?
-    .step;
-    let layout = params::layout(&config.model.init(&Device::flex()));
-    let file = ckpt.join(if ema {
-        "ema.safetensors"
-    } else {
-        "model.safetensors"
-    });
-    let values = load_weights(&file, &layout, "")?;
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = layout
-        .iter()
-        .zip(values)
-        .map(|((name, shape), v)| {
-            if shape.len() == 2 {
+    let opened = Run::open(run)?;
+    let ckpt = opened.latest_checkpoint()?;
+    let (_, model, step) = opened.model(&Device::flex(), ema)?;
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = params::collect(&model)
+        .into_iter()
+        .map(|p| {
+            if is_linear_weight(&p.name, &p.shape) {
                 // burn [in, out] → PyTorch [out, in].
                 (
-                    our_name_to_diffusers(name),
-                    vec![shape[1], shape[0]],
-                    transpose(&v, shape[0], shape[1]),
+                    our_name_to_diffusers(&p.name),
+                    vec![p.shape[1], p.shape[0]],
+                    transpose(&p.values, p.shape[0], p.shape[1]),
                 )
             } else {
-                (our_name_to_diffusers(name), shape.clone(), v)
+                (our_name_to_diffusers(&p.name), p.shape, p.values)
             }
         })
         .collect();
@@ -917,6 +949,12 @@ pub fn export_run(run: &Path, out: &Path, ema: bool) -> Result<ExportReport> {
         step,
         files,
     })
+}
+
+/// True for the weight of a dense layer, which PyTorch stores `[out, in]` and burn `[in, out]`
+/// (an embedding table is `[rows, dim]` in both).
+fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && !name.starts_with("class_embedding.")
 }
 
 /// Transposes a row-major `rows × cols` matrix.
@@ -982,7 +1020,7 @@ mod tests {
                 "up_block_types",
             ),
             ("class_embed_type", json!("timestep"), "class_embed_type"),
-            ("num_class_embeds", json!(10), "num_class_embeds"),
+            ("num_class_embeds", json!(0), "num_class_embeds"),
             (
                 "time_embedding_type",
                 json!("fourier"),
@@ -993,7 +1031,7 @@ mod tests {
             ("norm_num_groups", json!(7), "divisible"),
             ("attn_norm_num_groups", json!(4), "attn_norm_num_groups"),
             ("attention_head_dim", json!(8), "attention_head_dim"),
-            ("out_channels", json!(6), "out_channels"),
+            ("out_channels", json!(5), "out_channels"),
             (
                 "resnet_time_scale_shift",
                 json!("scale_shift"),
@@ -1039,8 +1077,9 @@ mod tests {
         let cos = DiffusionConfig {
             num_timesteps: 4000,
             schedule: BetaSchedule::cosine(),
-            variance: VarianceType::Small,
-            loss: LossType::Simple,
+            variance: VarianceType::Learned,
+            prediction: Prediction::V,
+            ..Default::default()
         };
         assert_eq!(
             diffusion_from_scheduler(&scheduler_to_diffusers(&cos))
@@ -1082,8 +1121,8 @@ mod tests {
             "{b:?}"
         );
         for (key, value) in [
-            ("prediction_type", json!("v_prediction")),
-            ("variance_type", json!("learned_range")),
+            ("prediction_type", json!("flow")),
+            ("variance_type", json!("learned")),
             ("beta_schedule", json!("sigmoid")),
             ("thresholding", json!(true)),
             ("rescale_betas_zero_snr", json!(true)),

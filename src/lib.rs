@@ -9,8 +9,8 @@
 //! use burn::tensor::Device;
 //! use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 //! use ddpm::model::UNetConfig;
-//! use ddpm::sampling::{Ddim, NoiseSource, Spacing, sample, timestep_subsequence};
-//! use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+//! use ddpm::sampling::{BatchOptions, SamplerConfig, sample_batched};
+//! use ddpm::train::{Run, RunConfig, TrainConfig, Trainer};
 //!
 //! let device = Device::flex();
 //! // Train a tiny model on the built-in MNIST-5k digits for 200 steps (Algorithm 1).
@@ -22,11 +22,11 @@
 //! let run = std::path::Path::new("runs/tiny");
 //! Trainer::create(run, config, &device)?.train()?;
 //! // Sample 16 digits with 50 DDIM steps from the EMA weights and save a grid.
-//! let (config, model, _step) = load_run_model(run, &device, true)?;
+//! let (config, model, _step) = Run::open(run)?.model(&device, true)?;
 //! let diffusion = GaussianDiffusion::new(config.diffusion);
-//! let sampler = Ddim::new(timestep_subsequence(1000, 50, Spacing::Quadratic), 0.0, true);
-//! let mut noise = NoiseSource::new(0);
-//! let x = sample(&diffusion, &sampler, &model, [16, 1, 28, 28], &device, &mut noise, |_, _| {});
+//! let sampler = SamplerConfig::from_name("dpm-solver++", 20, 0.0, None, true).unwrap().build(&diffusion);
+//! let opts = BatchOptions { seed: 0, ..Default::default() };
+//! let x = sample_batched(&diffusion, sampler.as_ref(), &model, [1, 28, 28], 16, &device, &opts, |_, _, _| {});
 //! ddpm::image::save_grid(x, 4, "runs/tiny/grid.png".as_ref())?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
@@ -39,6 +39,7 @@ pub mod kernels;
 pub mod likelihood;
 pub mod metrics;
 pub mod model;
+pub mod noise;
 pub mod oracle;
 pub mod output;
 pub mod params;
@@ -56,12 +57,9 @@ pub(crate) mod testing;
 /// A training step allocates and frees many multi-megabyte buffers. glibc serves those with
 /// fresh `mmap`s and returns them on `free`, so every step pays for the kernel zeroing new pages
 /// (19% of a training step in a profile of `ddpm bench`). Keeping freed memory in the heap
-/// removes that cost (BENCHMARKS.md has the before/after).
-/// Setting `DDPM_DEFAULT_MALLOC=1` skips it (for before/after measurements).
+/// removes that cost (BENCHMARKS.md has the before/after). Not calling it keeps glibc's
+/// defaults (the CLI's `--malloc default`, for before/after measurements).
 pub fn tune_allocator() {
-    if std::env::var_os("DDPM_DEFAULT_MALLOC").is_some() {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before any threads start.
     unsafe {

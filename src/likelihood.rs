@@ -1,19 +1,29 @@
-//! Log-likelihood pieces of the variational bound (theory.md §4), scalar and in f64.
+//! Log-likelihood pieces of the variational bound (Ho et al. eq. 5; docs/math.md §11), in f64.
 //!
 //! Variances are passed as log-variances, as the reference code does, so that a clipped
 //! log β̃ can be used directly. The per-pixel terms are computed on the host in f64.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::diffusion::{EpsModel, GaussianDiffusion};
-use crate::sampling::NoiseSource;
+use crate::diffusion::{Denoiser, GaussianDiffusion};
+use crate::noise::NoiseSource;
+use crate::schedule::NoiseSchedule;
 
-/// KL(N(μ1, v1) ‖ N(μ2, v2)) per dimension, in nats (theory.md §4):
+/// KL(N(μ1, v1) ‖ N(μ2, v2)) per dimension, in nats (docs/math.md §6):
 /// `½(log v2 − log v1 + (v1 + (μ1−μ2)²)/v2 − 1)`.
 pub fn normal_kl(mean1: f64, logvar1: f64, mean2: f64, logvar2: f64) -> f64 {
     0.5 * (-1.0 + logvar2 - logvar1
         + (logvar1 - logvar2).exp()
         + (mean1 - mean2).powi(2) * (-logvar2).exp())
+}
+
+/// The prior term `L_T = KL(q(x_T|x_0) ‖ N(0, I))` for one pixel value `x0`, in nats
+/// (Ho et al. eq. 5 with μ1 = √ᾱ_T x_0, v1 = 1 − ᾱ_T, μ2 = 0, v2 = 1).
+pub fn prior_kl_nats(schedule: &NoiseSchedule, x0: f64) -> f64 {
+    let i = schedule.num_timesteps - 1;
+    let mean = schedule.sqrt_alphas_cumprod[i] * x0;
+    let var = 1.0 - schedule.alphas_cumprod[i];
+    normal_kl(mean, var.ln(), 0.0, 0.0)
 }
 
 /// Standard normal CDF Φ(x), accurate to ~1e-15 (via erfc).
@@ -74,7 +84,7 @@ pub fn erfc(x: f64) -> f64 {
     }
 }
 
-/// log p(x) of one pixel under the discretised Gaussian decoder (theory.md §4, `L_0`):
+/// log p(x) of one pixel under the discretised Gaussian decoder (Ho et al. eq. 13, `L_0`):
 /// the mass of N(mean, exp(log_scale)²) on the bin [x − 1/255, x + 1/255], where `x` is a data
 /// value in [−1, 1] on the 256-level grid; the edge bins extend to −∞ (x = −1) and +∞ (x = 1).
 pub fn discretized_gaussian_log_likelihood(x: f64, mean: f64, log_scale: f64) -> f64 {
@@ -92,7 +102,7 @@ pub fn discretized_gaussian_log_likelihood(x: f64, mean: f64, log_scale: f64) ->
     (upper - lower).max(1e-300).ln()
 }
 
-/// The terms of the variational bound for one image, in bits/dim (theory.md §4).
+/// The terms of the variational bound for one image, in bits/dim (docs/math.md §11).
 #[derive(Clone, Debug, Default)]
 pub struct BpdTerms {
     /// L_T = KL(q(x_T|x_0) ‖ N(0, I)).
@@ -115,7 +125,7 @@ impl BpdTerms {
 /// to [−1, 1] as in the reference `calc_bpd_loop`. `on_batch(done, total)` reports progress.
 pub fn calc_bpd(
     diffusion: &GaussianDiffusion,
-    model: &dyn EpsModel,
+    model: &dyn Denoiser,
     x0: &[f32],
     shape: [usize; 3],
     batch: usize,
@@ -132,7 +142,7 @@ pub fn calc_bpd(
         .map(|i| {
             let img = &x0[i * d..(i + 1) * d];
             let prior =
-                img.iter().map(|&v| s.prior_kl_nats(v as f64)).sum::<f64>() / (d as f64 * ln2);
+                img.iter().map(|&v| prior_kl_nats(s, v as f64)).sum::<f64>() / (d as f64 * ln2);
             BpdTerms {
                 prior,
                 terms: vec![0.0; t_max],
@@ -163,12 +173,14 @@ pub fn calc_bpd(
             TensorData::new(xt.clone(), [b, shape[0], shape[1], shape[2]]),
             device,
         );
-        let eps_pred: Vec<f32> = model
-            .predict_eps(xt_tensor, &t)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec()
-            .expect("f32");
+        // Any parameterisation and a learned variance: x̂₀ and log σ² from the interpreted output.
+        let pred = diffusion.predict(model, xt_tensor, &t, None);
+        let to_vec = |x: Tensor<4>| -> Vec<f32> {
+            x.into_data().convert::<f32>().try_into_vec().expect("f32")
+        };
+        let pred_x0 = to_vec(pred.pred_x0);
+        // A learned variance per pixel; fixed variances come from the f64 table.
+        let log_var = pred.var_values.map(|_| to_vec(pred.log_variance));
         for (m, &(i, ti)) in chunk.iter().enumerate() {
             let range = m * d..(m + 1) * d;
             out[i].terms[ti] = vb_term_bits(
@@ -176,7 +188,8 @@ pub fn calc_bpd(
                 ti,
                 &xb[range.clone()],
                 &xt[range.clone()],
-                &eps_pred[range],
+                &pred_x0[range.clone()],
+                log_var.as_ref().map(|v| &v[range]),
             );
         }
         on_batch(((k + 1) * batch).min(total), total);
@@ -184,28 +197,116 @@ pub fn calc_bpd(
     out
 }
 
-/// One term of the bound in bits/dim for one image at table index `t`, given x_0, x_t and
-/// ε_θ(x_t, t) (Ho et al. eq. 5; improved-diffusion's `_vb_terms_bpd`).
+/// The bound of `n` evenly spaced images of a data set (the loop of `ddpm eval nll`): each
+/// image costs T network calls, `batch` (image, t) pairs per call.
+#[allow(clippy::too_many_arguments)]
+pub fn bound_of_images(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser,
+    set: &crate::data::ImageSet,
+    n: usize,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+    on_batch: impl FnMut(usize, usize),
+) -> Vec<BpdTerms> {
+    let n = n.clamp(1, set.len());
+    let x0: Vec<f32> = (0..n)
+        .flat_map(|k| {
+            set.image(k * set.len() / n)
+                .iter()
+                .map(|&v| crate::data::to_unit(v))
+        })
+        .collect();
+    let mut noise = NoiseSource::new(seed);
+    calc_bpd(
+        diffusion,
+        model,
+        &x0,
+        [set.channels, set.height, set.width],
+        batch,
+        &mut noise,
+        device,
+        on_batch,
+    )
+}
+
+/// The bound over a set of images: mean ± standard error of the total, the mean of each part,
+/// and the mean L_{t−1} per t.
+#[derive(Clone, Debug)]
+pub struct BoundSummary {
+    /// Images.
+    pub n: usize,
+    /// Mean of the total, bits/dim.
+    pub total: f64,
+    /// Standard error of that mean (NaN for one image).
+    pub total_se: f64,
+    /// Mean prior term L_T.
+    pub prior: f64,
+    /// Mean decoder term L_0.
+    pub decoder_l0: f64,
+    /// Mean Σ_{t=2..T} L_{t−1}.
+    pub sum_kl: f64,
+    /// Mean term per table index (index 0 is L_0).
+    pub per_t: Vec<f64>,
+}
+
+impl BoundSummary {
+    /// Summarises per-image terms.
+    pub fn from_terms(terms: &[BpdTerms]) -> Self {
+        let n = terms.len();
+        let k = n as f64;
+        let mean = |v: &dyn Fn(&BpdTerms) -> f64| terms.iter().map(v).sum::<f64>() / k;
+        let total = mean(&|t| t.total());
+        let total_se = if n > 1 {
+            (terms
+                .iter()
+                .map(|t| (t.total() - total).powi(2))
+                .sum::<f64>()
+                / (k - 1.0))
+                .sqrt()
+                / k.sqrt()
+        } else {
+            f64::NAN
+        };
+        let t_max = terms.first().map_or(0, |t| t.terms.len());
+        BoundSummary {
+            n,
+            total,
+            total_se,
+            prior: mean(&|t| t.prior),
+            decoder_l0: mean(&|t| t.terms[0]),
+            sum_kl: mean(&|t| t.terms[1..].iter().sum()),
+            per_t: (0..t_max).map(|i| mean(&|t| t.terms[i])).collect(),
+        }
+    }
+}
+
+/// One term of the bound in bits/dim for one image at table index `t`, given x_0, x_t, the
+/// model's x̂₀ (unclipped) and, for a learned variance, log σ_t² per pixel
+/// (Ho et al. eq. 5; improved-diffusion's `_vb_terms_bpd`). μ_θ = μ̃_t(x_t, clip(x̂₀)) through
+/// the same posterior coefficients as [`GaussianDiffusion::q_posterior_mean_variance`].
 pub fn vb_term_bits(
     diffusion: &GaussianDiffusion,
     t: usize,
     x0: &[f32],
     xt: &[f32],
-    eps: &[f32],
+    pred_x0: &[f32],
+    log_variance: Option<&[f32]>,
 ) -> f64 {
     let s = &diffusion.schedule;
-    let model_logvar = diffusion.model_log_variance[t];
     let mut acc = 0.0;
     for j in 0..x0.len() {
         let (x0j, xtj) = (x0[j] as f64, xt[j] as f64);
-        let pred_x0 = (s.sqrt_recip_alphas_cumprod[t] * xtj
-            - s.sqrt_recipm1_alphas_cumprod[t] * eps[j] as f64)
-            .clamp(-1.0, 1.0);
-        let model_mean = s.posterior_mean_coef1[t] * pred_x0 + s.posterior_mean_coef2[t] * xtj;
+        let model_logvar = match log_variance {
+            Some(v) => v[j] as f64,
+            None => diffusion.model_log_variance[t],
+        };
+        let model_mean = s.posterior_mean(t, (pred_x0[j] as f64).clamp(-1.0, 1.0), xtj);
         if t == 0 {
             acc -= discretized_gaussian_log_likelihood(x0j, model_mean, 0.5 * model_logvar);
         } else {
-            let true_mean = s.posterior_mean_coef1[t] * x0j + s.posterior_mean_coef2[t] * xtj;
+            let true_mean = s.posterior_mean(t, x0j, xtj);
             acc += normal_kl(
                 true_mean,
                 s.posterior_log_variance_clipped[t],
@@ -259,6 +360,16 @@ mod tests {
                 })
                 .sum();
             assert!((total - 1.0).abs() < 1e-12, "mean {mean}: Σ = {total}");
+        }
+    }
+
+    #[test]
+    fn prior_term_at_pixel_extremes_is_tiny() {
+        // docs/math.md §2, §11: L_T ≈ 2.9e-5 bits/dim for a pixel at ±1.
+        let s = NoiseSchedule::new(&crate::schedule::BetaSchedule::linear(), 1000);
+        for x0 in [-1.0, 1.0] {
+            let bits = prior_kl_nats(&s, x0) / std::f64::consts::LN_2;
+            assert!((bits - 2.9e-5).abs() < 0.1e-5, "L_T = {bits} bits/dim");
         }
     }
 }

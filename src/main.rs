@@ -29,6 +29,16 @@ struct Cli {
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// CPU kernels: `auto` (this crate's kernels, each convolution on the faster of the
+    /// direct kernel and im2col + GEMM), `gemm` (every convolution as im2col + GEMM), `direct`
+    /// (the direct kernel for every stride-1 convolution; AVX-512 only) or `burn` (burn's own
+    /// ops). BENCHMARKS.md compares them.
+    #[arg(long, global = true, default_value = "auto")]
+    kernels: ddpm::kernels::KernelPolicy,
+    /// Memory allocator settings: `tuned` (freed buffers stay in the heap; see BENCHMARKS.md)
+    /// or `default` (glibc's defaults).
+    #[arg(long, global = true, default_value = "tuned", value_parser = ["tuned", "default"])]
+    malloc: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,8 +74,11 @@ enum Command {
 }
 
 fn main() {
-    ddpm::tune_allocator();
     let cli = Cli::parse();
+    if cli.malloc == "tuned" {
+        ddpm::tune_allocator();
+    }
+    ddpm::kernels::set_policy(cli.kernels);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

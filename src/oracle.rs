@@ -1,9 +1,9 @@
-//! Exact noise predictors for data whose distribution is known (theory.md §8), used to test
+//! Exact noise predictors for data whose distribution is known (docs/math.md §20), used to test
 //! samplers and the likelihood bound without a network.
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::diffusion::{EpsModel, GaussianDiffusion};
+use crate::diffusion::{Denoiser, GaussianDiffusion};
 
 /// Data x_0 ~ N(m, s²) per dimension: the optimal predictor is
 /// `ε*(x_t, t) = √(1−ᾱ_t)(x_t − √ᾱ_t m)/(ᾱ_t s² + 1 − ᾱ_t)`.
@@ -35,8 +35,8 @@ impl GaussianOracle {
     }
 }
 
-impl EpsModel for GaussianOracle {
-    fn predict_eps(&self, x_t: Tensor<4>, t: &[usize]) -> Tensor<4> {
+impl Denoiser for GaussianOracle {
+    fn forward(&self, x_t: Tensor<4>, t: &[usize], _y: Option<&[usize]>) -> Tensor<4> {
         let device = x_t.device();
         let (scale, shift): (Vec<f32>, Vec<f32>) = t
             .iter()
@@ -71,8 +71,8 @@ impl FiniteSetOracle {
     }
 }
 
-impl EpsModel for FiniteSetOracle {
-    fn predict_eps(&self, x_t: Tensor<4>, t: &[usize]) -> Tensor<4> {
+impl Denoiser for FiniteSetOracle {
+    fn forward(&self, x_t: Tensor<4>, t: &[usize], _y: Option<&[usize]>) -> Tensor<4> {
         let dims = x_t.dims();
         let device = x_t.device();
         let dim = dims[1] * dims[2] * dims[3];
@@ -114,7 +114,7 @@ impl EpsModel for FiniteSetOracle {
 /// Labelled data from a mixture of isotropic Gaussians: class y has weight π_y and
 /// x_0 | y ~ N(μ_y, s_y² I). Then q_t(x_t | y) = N(√ᾱ_t μ_y, (ᾱ_t s_y² + 1 − ᾱ_t) I), and both
 /// the optimal ε* = −√(1−ᾱ_t) ∇ log q_t(x_t) and the exact classifier gradient
-/// ∇ log p(y | x_t) = ∇ log q_t(x_t | y) − ∇ log q_t(x_t) have closed forms (theory.md §7).
+/// ∇ log p(y | x_t) = ∇ log q_t(x_t | y) − ∇ log q_t(x_t) have closed forms (docs/math.md §20.3).
 pub struct GaussianMixtureOracle {
     /// (π_y, μ_y, s_y) per class.
     pub components: Vec<(f64, f64, f64)>,
@@ -177,13 +177,37 @@ impl GaussianMixtureOracle {
     }
 }
 
-impl EpsModel for GaussianMixtureOracle {
-    fn predict_eps(&self, x_t: Tensor<4>, t: &[usize]) -> Tensor<4> {
+/// The exact ε* of the mixture, or, for a sample with label y < K, of class y alone
+/// (ε* = −√(1−ᾱ_t) ∇ log q_t(x_t | y)); a label ≥ K is the null label ∅ (the mixture), as for a
+/// class-conditional network trained with label dropout.
+impl Denoiser for GaussianMixtureOracle {
+    fn forward(&self, x_t: Tensor<4>, t: &[usize], y: Option<&[usize]>) -> Tensor<4> {
         let ac = &self.alphas_cumprod;
+        let k = self.components.len();
         self.map(x_t, t, |b, post, grads, j| {
-            let score: f64 = post.iter().zip(grads).map(|(p, g)| p * g[j]).sum();
+            let score: f64 = match y.map(|y| y[b]) {
+                Some(c) if c < k => grads[c][j],
+                _ => post.iter().zip(grads).map(|(p, g)| p * g[j]).sum(),
+            };
             -(1.0 - ac[t[b]]).sqrt() * score
         })
+    }
+}
+
+/// An oracle (or any ε-model) asked for another parameterisation: its ε converted to the
+/// `diffusion`'s [`crate::diffusion::Prediction`] (x₀ or v), so tests can check that every
+/// sampler gives the same result whatever the network predicts.
+pub struct Reparameterised<'a> {
+    /// The ε-predicting model.
+    pub eps_model: &'a dyn Denoiser,
+    /// The diffusion whose prediction type the output follows.
+    pub diffusion: &'a GaussianDiffusion,
+}
+
+impl Denoiser for Reparameterised<'_> {
+    fn forward(&self, x_t: Tensor<4>, t: &[usize], y: Option<&[usize]>) -> Tensor<4> {
+        let eps = self.eps_model.forward(x_t.clone(), t, y);
+        self.diffusion.output_from_eps(x_t, t, eps)
     }
 }
 

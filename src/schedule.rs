@@ -53,7 +53,7 @@ impl BetaSchedule {
                     if num_timesteps == 1 {
                         *beta_start
                     } else {
-                        // theory.md §1: β_t = β_1 + (t−1)(β_T − β_1)/(T−1)
+                        // Ho et al. 2020, §4 (docs/math.md §2): β_t = β_1 + (t−1)(β_T − β_1)/(T−1)
                         beta_start + i as f64 * (beta_end - beta_start) / (t_max - 1.0)
                     }
                 })
@@ -108,7 +108,7 @@ pub struct NoiseSchedule {
     pub sqrt_recip_alphas_cumprod: Vec<f64>,
     /// √(1/ᾱ_t − 1).
     pub sqrt_recipm1_alphas_cumprod: Vec<f64>,
-    /// β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (theory.md §2); β̃_1 = 0.
+    /// β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (Ho et al. eq. 7); β̃_1 = 0.
     pub posterior_variance: Vec<f64>,
     /// log β̃_t with the t = 1 entry replaced by log β̃_2 (β̃_1 = 0 has no logarithm).
     pub posterior_log_variance_clipped: Vec<f64>,
@@ -185,13 +185,10 @@ impl NoiseSchedule {
         }
     }
 
-    /// The prior term `L_T = KL(q(x_T|x_0) ‖ N(0, I))` for one pixel value `x0`, in nats
-    /// (theory.md §4 with μ1 = √ᾱ_T x_0, v1 = 1 − ᾱ_T, μ2 = 0, v2 = 1).
-    pub fn prior_kl_nats(&self, x0: f64) -> f64 {
-        let i = self.num_timesteps - 1;
-        let mean = self.sqrt_alphas_cumprod[i] * x0;
-        let var = 1.0 - self.alphas_cumprod[i];
-        crate::likelihood::normal_kl(mean, var.ln(), 0.0, 0.0)
+    /// μ̃_t(x_t, x_0) = coef1·x_0 + coef2·x_t for one value (Ho et al. eq. 7), the scalar twin of
+    /// `GaussianDiffusion::q_posterior_mean_variance` used by the bound on the host.
+    pub fn posterior_mean(&self, t: usize, x0: f64, x_t: f64) -> f64 {
+        self.posterior_mean_coef1[t] * x0 + self.posterior_mean_coef2[t] * x_t
     }
 }
 
@@ -211,7 +208,7 @@ mod tests {
         assert!((s.betas[999] - 0.02).abs() < 1e-15);
         // β_t = 1e-4 + (t−1)(0.02−1e-4)/999, checked at t = 500.
         assert!((s.betas[499] - (1e-4 + 499.0 * (0.02 - 1e-4) / 999.0)).abs() < 1e-15);
-        // theory.md §1: ᾱ_T = 4.0358e-5, √ᾱ_T = 6.353e-3.
+        // docs/math.md §2: ᾱ_T = 4.0358e-5, √ᾱ_T = 6.353e-3.
         assert!(
             (s.alphas_cumprod[999] - 4.0358e-5).abs() < 5e-9,
             "{}",
@@ -221,16 +218,6 @@ mod tests {
         // ᾱ_1 = α_1, ᾱ_0 = 1.
         assert_eq!(s.alphas_cumprod_prev[0], 1.0);
         assert!((s.alphas_cumprod[0] - (1.0 - 1e-4)).abs() < 1e-15);
-    }
-
-    #[test]
-    fn prior_term_at_pixel_extremes_is_tiny() {
-        // theory.md §1: L_T ≈ 2.9e-5 bits/dim for a pixel at ±1.
-        let s = linear();
-        for x0 in [-1.0, 1.0] {
-            let bits = s.prior_kl_nats(x0) / std::f64::consts::LN_2;
-            assert!((bits - 2.9e-5).abs() < 0.1e-5, "L_T = {bits} bits/dim");
-        }
     }
 
     #[test]
@@ -287,7 +274,7 @@ mod tests {
 
     #[test]
     fn forward_marginals_iff_sum_of_betas_diverges() {
-        // seed 000 Prop. 1.1: with Σβ large, ᾱ_T → 0; the linear schedule's Σβ ≈ 10.05.
+        // docs/math.md §2: with Σβ large, ᾱ_T → 0; the linear schedule's Σβ ≈ 10.05.
         let s = linear();
         let sum: f64 = s.betas.iter().sum();
         assert!((sum - 10.05).abs() < 1e-9);

@@ -7,7 +7,8 @@ use ddpm::model::UNetConfig;
 use ddpm::model::classifier::{ClassifierConfig, ClassifierGuide};
 use ddpm::params;
 use ddpm::sampling::{ClassifierGrad, NoiseSource};
-use ddpm::train::classifier::{ClassifierRunConfig, ClassifierTrainer, evaluate, load_classifier};
+use ddpm::train::Run;
+use ddpm::train::classifier::{ClassifierRunConfig, ClassifierTrainer, evaluate};
 use ddpm::train::{OptimConfig, TrainConfig};
 
 #[test]
@@ -97,7 +98,7 @@ fn tiny_clean_classifier_learns_digits() {
     };
     let mut trainer = ClassifierTrainer::create(&run, config, &device).unwrap();
     trainer.train().unwrap();
-    let (cfg, model) = load_classifier(&run, &device, true).unwrap();
+    let (cfg, model) = Run::open(&run).unwrap().classifier(&device, true).unwrap();
     let set = ddpm::data::builtin::mnist5k().unwrap();
     let acc = evaluate(&cfg, &model, &set, 1000, &device, 0).overall();
     // Chance is 0.10; measured 0.758 after 400 steps of batch 32.

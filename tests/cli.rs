@@ -137,3 +137,209 @@ fn bad_input_gives_clear_errors() {
     let (ok, out, _) = ddpm(&["--help"]);
     assert!(ok && out.contains("train") && out.contains("sample") && out.contains("demo"));
 }
+
+#[test]
+fn resume_passes_over_a_damaged_checkpoint_and_inspect_reports_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let (ok, out, err) = ddpm(&[
+        "train",
+        "--run",
+        run_s,
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--preview-count",
+        "0",
+        "--quiet",
+    ]);
+    assert!(ok, "train failed: {out}\n{err}");
+    // loss.png is written next to log.csv and is a PNG.
+    let png = std::fs::read(run.join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(image::load_from_memory(&png).is_ok());
+
+    // Truncate the newest checkpoint's EMA file, as an interrupted copy would.
+    let ema = run.join("checkpoints/step-0000004/ema.safetensors");
+    let bytes = std::fs::read(&ema).unwrap();
+    std::fs::write(&ema, &bytes[..100]).unwrap();
+
+    // inspect --run shows config, steps, last loss, checkpoints with sizes and their state.
+    let (ok, out, err) = ddpm(&["inspect", "--run", run_s]);
+    assert!(ok, "inspect failed: {out}\n{err}");
+    for want in [
+        "diffusion model",
+        "\"batch_size\": 4",
+        "step-0000004",
+        "damaged",
+        "ema.safetensors",
+        "step-0000002",
+        "intact",
+        "newest intact checkpoint: step 2",
+        "last loss",
+        "metrics.json: none",
+        "loss.png",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    assert!(out.contains(" KB") || out.contains(" MB"), "{out}");
+
+    // --resume falls back to step 2 and says why.
+    let (ok, out, err) = ddpm(&["train", "--resume", run_s, "--steps", "5", "--quiet"]);
+    assert!(ok, "resume failed: {out}\n{err}");
+    assert!(
+        err.contains("step-0000004")
+            && err.contains("ema.safetensors")
+            && err.contains("newest intact checkpoint, step 2"),
+        "{err}"
+    );
+    assert!(
+        out.contains("from step 2") && out.contains("step 5"),
+        "{out}"
+    );
+
+    // metrics.json is shown when present.
+    std::fs::write(run.join("metrics.json"), r#"{"fid": {"ddim-50": 12.5}}"#).unwrap();
+    let (ok, out, _) = ddpm(&["inspect", "--run", run_s]);
+    assert!(
+        ok && out.contains("12.5") && out.contains("step-0000005"),
+        "{out}"
+    );
+    // A folder that is not a run is refused with the file named.
+    let (ok, _, err) = ddpm(&["inspect", "--run", dir.path().to_str().unwrap()]);
+    assert!(!ok && err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn class_conditional_training_and_guided_sampling_options() {
+    // A class-conditional v-prediction model with a learned variance: trains, and every new
+    // sampler and editing option runs on it; bad combinations are refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let (ok, out, err) = ddpm(&[
+        "train",
+        "--run",
+        run_s,
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--preview-count",
+        "4",
+        "--class-cond",
+        "--prediction",
+        "v",
+        "--variance",
+        "learned",
+        "--loss",
+        "min-snr",
+        "--quiet",
+    ]);
+    assert!(ok, "train failed: {out}\n{err}");
+    let cfg = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(cfg.contains("\"num_class_embeds\": 11"), "{cfg}");
+    assert!(cfg.contains("\"out_channels\": 2"), "{cfg}");
+    assert!(cfg.contains("\"prediction\": \"v\""), "{cfg}");
+    let png = dir.path().join("s.png");
+    let png_s = png.to_str().unwrap();
+    for extra in [
+        vec![
+            "--sampler",
+            "dpm-solver++",
+            "--steps",
+            "3",
+            "--class",
+            "3",
+            "--cfg-scale",
+            "2",
+        ],
+        vec!["--sampler", "heun", "--steps", "2", "--cfg-scale", "0"],
+        vec![
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--spacing",
+            "karras",
+            "--class",
+            "1",
+        ],
+    ] {
+        let mut args = vec!["sample", "--run", run_s, "--n", "4", "--out", png_s];
+        args.extend(extra.iter());
+        let (ok, out, err) = ddpm(&args);
+        assert!(ok, "{extra:?}: {out}\n{err}");
+        assert!(png.exists());
+    }
+    // SDEdit and inpainting from image files.
+    let img = dir.path().join("img.png");
+    let mask = dir.path().join("mask.png");
+    image::GrayImage::from_fn(28, 28, |x, _| image::Luma([(x * 9) as u8]))
+        .save(&img)
+        .unwrap();
+    image::GrayImage::from_fn(28, 28, |x, _| image::Luma([if x < 14 { 255 } else { 0 }]))
+        .save(&mask)
+        .unwrap();
+    let (ok, out, err) = ddpm(&[
+        "sample",
+        "--run",
+        run_s,
+        "--n",
+        "2",
+        "--out",
+        png_s,
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--init",
+        img.to_str().unwrap(),
+        "--strength",
+        "0.5",
+    ]);
+    assert!(ok && out.contains("SDEdit"), "{out}\n{err}");
+    let (ok, out, err) = ddpm(&[
+        "sample",
+        "--run",
+        run_s,
+        "--n",
+        "2",
+        "--out",
+        png_s,
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--inpaint",
+        img.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--resample",
+        "2",
+    ]);
+    assert!(ok && out.contains("50% of pixels known"), "{out}\n{err}");
+    // Refused: a class beyond the model's, a learned variance switched off, an unknown sampler.
+    for (args, needle) in [
+        (vec!["--class", "10"], "the model has 10 classes"),
+        (vec!["--variance", "small"], "learned variance"),
+        (vec!["--sampler", "euler"], "unknown sampler `euler`"),
+        (
+            vec!["--strength", "1.5", "--init", img.to_str().unwrap()],
+            "--strength 1.5",
+        ),
+    ] {
+        let mut all = vec!["sample", "--run", run_s, "--n", "1", "--out", png_s];
+        all.extend(args.iter());
+        let (ok, out, err) = ddpm(&all);
+        assert!(!ok && err.contains(needle), "{args:?}: {out}\n{err}");
+    }
+}

@@ -6,23 +6,37 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm::diffusers::{self, export_run, import_run};
-use ddpm::diffusion::{DiffusionConfig, LossType, VarianceType};
+use ddpm::diffusion::{DiffusionConfig, Prediction, VarianceType};
 use ddpm::model::UNetConfig;
 use ddpm::params;
 use ddpm::schedule::BetaSchedule;
 use ddpm::train::checkpoint::{CheckpointMeta, save_checkpoint};
 use ddpm::train::optim::TrainState;
-use ddpm::train::{RunConfig, TrainConfig, load_run_model};
+use ddpm::train::{Run, RunConfig, TrainConfig};
 
-/// A run whose raw and EMA weights differ, with a non-default diffusion, at step 7.
+fn load_run_model(
+    run: &Path,
+    device: &Device,
+    ema: bool,
+) -> anyhow::Result<(RunConfig, ddpm::model::UNet, u64)> {
+    Run::open(run)?.model(device, ema)
+}
+
+/// A run whose raw and EMA weights differ, with a non-default diffusion (cosine β, v
+/// prediction, learned variance: 6 output channels) and a class embedding, at step 7.
 fn make_run(run: &Path) -> (RunConfig, Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let config = RunConfig {
-        model: UNetConfig::tiny(16, 3),
+        model: UNetConfig {
+            out_channels: Some(6),
+            num_class_embeds: Some(4),
+            ..UNetConfig::tiny(16, 3)
+        },
         diffusion: DiffusionConfig {
             num_timesteps: 500,
             schedule: BetaSchedule::cosine(),
-            variance: VarianceType::Small,
-            loss: LossType::Simple,
+            variance: VarianceType::Learned,
+            prediction: Prediction::V,
+            ..Default::default()
         },
         train: TrainConfig::default(),
     };
@@ -62,7 +76,7 @@ fn eps_of(run: &Path, ema: bool, x: &[f32]) -> Vec<f32> {
     let (_, model, _) = load_run_model(run, &device, ema).unwrap();
     let x = Tensor::<4>::from_data(TensorData::new(x.to_vec(), [2, 3, 16, 16]), &device);
     model
-        .forward(x, &[3.0, 420.0], false)
+        .forward_with(x, &[3.0, 420.0], Some(&[1, 3]), false)
         .into_data()
         .try_into_vec()
         .unwrap()
@@ -102,6 +116,12 @@ fn export_then_import_gives_identical_weights_and_eps() {
             .find(|(n, _, _)| n == "time_embedding.linear_1.weight")
             .unwrap();
         assert_eq!(temb.1, vec![64, 16], "[out, in]");
+        // nn.Embedding's table is [rows, dim], not transposed.
+        let emb = file
+            .iter()
+            .find(|(n, _, _)| n == "class_embedding.weight")
+            .unwrap();
+        assert_eq!(emb.1, vec![4, 64]);
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join(diffusers::CONFIG_FILE)).unwrap(),
         )
@@ -116,7 +136,10 @@ fn export_then_import_gives_identical_weights_and_eps() {
         )
         .unwrap();
         assert_eq!(sched["beta_schedule"], "squaredcos_cap_v2");
-        assert_eq!(sched["variance_type"], "fixed_small");
+        assert_eq!(sched["variance_type"], "learned_range");
+        assert_eq!(sched["prediction_type"], "v_prediction");
+        assert_eq!(json["out_channels"], 6);
+        assert_eq!(json["num_class_embeds"], 4);
         assert_eq!(sched["num_train_timesteps"], 500);
 
         let back = dir.path().join(format!("imported-{use_ema}"));
@@ -265,11 +288,20 @@ fn bad_folders_give_errors_naming_file_and_setting() {
     let p = bad.join(diffusers::SCHEDULER_FILE);
     let mut j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    j["prediction_type"] = serde_json::json!("v_prediction");
+    j["prediction_type"] = serde_json::json!("flow");
     std::fs::write(&p, j.to_string()).unwrap();
     let e = err(&bad);
     assert!(
         e.contains("scheduler_config.json") && e.contains("prediction_type"),
+        "{e}"
+    );
+    // A fixed variance for a network with 2C outputs.
+    j["prediction_type"] = serde_json::json!("epsilon");
+    j["variance_type"] = serde_json::json!("fixed_small");
+    std::fs::write(&p, j.to_string()).unwrap();
+    let e = err(&bad);
+    assert!(
+        e.contains("`out_channels` = 6") && e.contains("fixed_small"),
         "{e}"
     );
 
@@ -364,14 +396,19 @@ fn pipeline_layout_with_unet_and_scheduler_folders() {
             Some(pipe.join("scheduler/scheduler_config.json"))
         );
     }
-    // Without a scheduler: the defaults of Ho et al.
+    // Without a scheduler: the defaults of Ho et al., with the learned variance that the 2C
+    // output channels imply.
     std::fs::remove_dir_all(pipe.join("scheduler")).unwrap();
     let back = dir.path().join("back");
     let r = import_run(&pipe, &back, "mnist5k").unwrap();
     assert!(r.model.files.scheduler.is_none());
+    assert!(r.model.notes.iter().any(|n| n.contains("learned variance")));
     assert_eq!(
         RunConfig::load(&back).unwrap().diffusion,
-        DiffusionConfig::default()
+        DiffusionConfig {
+            variance: VarianceType::Learned,
+            ..Default::default()
+        }
     );
 }
 

@@ -1,9 +1,9 @@
-//! Samplers against the exact oracles of theory.md §8: no network, known answers.
+//! Samplers against the exact oracles of docs/math.md §20: no network, known answers.
 
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion, VarianceType};
 use ddpm::oracle::{FiniteSetOracle, GaussianOracle};
-use ddpm::sampling::{Ancestral, NoiseSource, sample};
+use ddpm::sampling::{Ancestral, NoiseSource, StepContext, sample};
 
 fn moments(x: Tensor<4>) -> (f64, f64) {
     let v: Vec<f32> = x.into_data().try_into_vec().unwrap();
@@ -34,7 +34,7 @@ fn exact_ancestral_moments(d: &GaussianDiffusion, oracle: &GaussianOracle) -> (f
 fn ancestral_sampler_reproduces_gaussian_data_for_both_variances() {
     let device = Device::flex();
     let n = 200_000;
-    // theory.md §8: m = 0.3, s = 0.5, 200k samples → 0.299/0.495 (β̃), 0.301/0.502 (β).
+    // docs/math.md §20.1: m = 0.3, s = 0.5, 200k samples → 0.299/0.495 (β̃), 0.301/0.502 (β).
     for (variance, paper_std) in [(VarianceType::Small, 0.495), (VarianceType::Large, 0.502)] {
         let d = GaussianDiffusion::new(DiffusionConfig {
             variance,
@@ -55,18 +55,18 @@ fn ancestral_sampler_reproduces_gaussian_data_for_both_variances() {
         let (m, s) = moments(x);
         let (em, es) = exact_ancestral_moments(&d, &oracle);
         println!(
-            "{variance:?}: sample mean {m:.4} std {s:.4}; exact chain mean {em:.4} std {es:.4}; theory.md {paper_std}"
+            "{variance:?}: sample mean {m:.4} std {s:.4}; exact chain mean {em:.4} std {es:.4}; reference {paper_std}"
         );
         // Monte-Carlo agreement with the exact chain (4 standard errors).
         let se_m = es / (n as f64).sqrt();
         let se_s = es / (2.0 * n as f64).sqrt();
         assert!((m - em).abs() < 4.0 * se_m, "mean {m} vs exact {em}");
         assert!((s - es).abs() < 4.0 * se_s + 1e-4, "std {s} vs exact {es}");
-        // And the chain itself reproduces the data distribution (theory.md's figures).
+        // And the chain itself reproduces the data distribution (docs/math.md §20.1).
         assert!((m - 0.3).abs() < 0.005, "mean {m}");
         assert!(
             (s - paper_std).abs() < 0.004,
-            "std {s} vs theory.md {paper_std}"
+            "std {s} vs reference {paper_std}"
         );
     }
 }
@@ -186,7 +186,11 @@ fn same_seed_gives_identical_unet_samples() {
         ..Default::default()
     });
     let ddpm = Ancestral::new(&d, true);
-    let ddim = Ddim::new(timestep_subsequence(20, 5, Spacing::Linear), 0.5, true);
+    let ddim = Ddim::new(
+        timestep_subsequence(&d.schedule, 5, Spacing::Linear),
+        0.5,
+        true,
+    );
     for sampler in [&ddpm as &dyn ddpm::sampling::Sampler, &ddim] {
         let run = |seed| {
             let mut noise = NoiseSource::new(seed);
@@ -209,7 +213,7 @@ fn same_seed_gives_identical_unet_samples() {
 #[test]
 fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
     use ddpm::sampling::{Ddim, Spacing, timestep_subsequence};
-    // theory.md §8: m = 0.3, s = 0.5, η = 0, timesteps round(linspace(T−1, 0, n)):
+    // docs/math.md §20.1: m = 0.3, s = 0.5, η = 0, timesteps round(linspace(T−1, 0, n)):
     // std 0.362, 0.430, 0.472, 0.488 for n = 10, 20, 50, 100.
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig::default());
@@ -217,7 +221,7 @@ fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
     let n = 100_000;
     let mut errors = Vec::new();
     for (steps, paper_std) in [(10usize, 0.362), (20, 0.430), (50, 0.472), (100, 0.488)] {
-        let ts = timestep_subsequence(1000, steps, Spacing::Linear);
+        let ts = timestep_subsequence(&d.schedule, steps, Spacing::Linear);
         assert_eq!(ts.len(), steps);
         assert_eq!((ts[0], *ts.last().unwrap()), (999, 0));
         let sampler = Ddim::new(ts, 0.0, false);
@@ -232,7 +236,7 @@ fn ddim_keeps_the_mean_and_its_spread_error_falls_with_steps() {
             |_, _| {},
         );
         let (m, s) = moments(x);
-        println!("DDIM {steps:3} steps: mean {m:.4} std {s:.4} (theory.md {paper_std})");
+        println!("DDIM {steps:3} steps: mean {m:.4} std {s:.4} (reference {paper_std})");
         assert!((m - 0.3).abs() < 0.006, "mean {m}");
         assert!(
             (s - paper_std).abs() < 0.004,
@@ -296,7 +300,7 @@ fn ddim_encode_then_decode_returns_the_data_points() {
         })
         .collect();
     let oracle = FiniteSetOracle::new(&d, points.clone());
-    let ts = timestep_subsequence(1000, 200, Spacing::Linear);
+    let ts = timestep_subsequence(&d.schedule, 200, Spacing::Linear);
     let x0: Vec<f32> = points.iter().flatten().map(|&v| v as f32).collect();
     let x0 = Tensor::<4>::from_data(TensorData::new(x0.clone(), [8, 3, 1, 1]), &device);
     let latent = ddim_encode(&d, &oracle, x0.clone(), &ts, |_| {});
@@ -356,7 +360,7 @@ fn langevin_corrector_keeps_the_noisy_marginal() {
             steps: 20,
             snr: 0.16,
         };
-        let y = c.correct(&d, &oracle, x, t, &mut noise);
+        let y = c.correct(&mut StepContext::new(&d, &oracle, &mut noise), x, t);
         let (ym, ys) = moments(y);
         println!("t={t}: after 20 corrector steps mean {ym:.4} std {ys:.4}; q_t: {mt:.4} {st:.4}");
         assert!((ym - mt).abs() < 0.01 * st, "mean {ym} vs {mt}");
@@ -369,7 +373,7 @@ fn langevin_corrector_keeps_the_noisy_marginal() {
             .map(|z| (mt + st * z as f64) as f32)
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(x, [n, 1, 1, 1]), &device);
-        let (bm, _) = moments(c.correct(&d, &bad, x, t, &mut noise));
+        let (bm, _) = moments(c.correct(&mut StepContext::new(&d, &bad, &mut noise), x, t));
         assert!(
             (bm - mt).abs() > 0.01 * st,
             "a wrong score went unnoticed ({bm})"
@@ -385,7 +389,11 @@ fn predictor_corrector_improves_few_step_ddim() {
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig::default());
     let oracle = GaussianOracle::new(&d, 0.3, 0.5);
-    let sampler = Ddim::new(timestep_subsequence(1000, 10, Spacing::Linear), 0.0, false);
+    let sampler = Ddim::new(
+        timestep_subsequence(&d.schedule, 10, Spacing::Linear),
+        0.0,
+        false,
+    );
     let n = 50_000;
     let run = |corrector: Option<Langevin>| {
         let mut noise = NoiseSource::new(8);
@@ -393,6 +401,7 @@ fn predictor_corrector_improves_few_step_ddim() {
         let opts = LoopOptions {
             corrector,
             guidance: None,
+            conditioning: None,
         };
         moments(sample_loop_with(
             &d,
@@ -425,7 +434,7 @@ fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
     };
     // Two labelled Gaussians: class 0 ~ N(−0.5, 0.2²), class 1 ~ N(0.4, 0.3²), equal weights.
     // With the exact ε* and ∇ log p(y|x_t), s = 1 must reproduce the class-conditional
-    // distribution and s = 0 the mixture, for DDPM and DDIM (theory.md §7).
+    // distribution and s = 0 the mixture, for DDPM and DDIM (docs/math.md §20.3).
     let device = Device::flex();
     let d = GaussianDiffusion::new(DiffusionConfig {
         variance: VarianceType::Small,
@@ -437,7 +446,11 @@ fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
     let mix_mean = 0.5 * (-0.5) + 0.5 * 0.4;
     let mix_std = (0.5 * 0.04 + 0.5 * 0.09 + 0.25 * 0.81f64).sqrt();
     let ddpm = Ancestral::new(&d, false);
-    let ddim = Ddim::new(timestep_subsequence(1000, 250, Spacing::Linear), 0.0, false);
+    let ddim = Ddim::new(
+        timestep_subsequence(&d.schedule, 250, Spacing::Linear),
+        0.0,
+        false,
+    );
     for (name, sampler) in [("DDPM", &ddpm as &dyn Sampler), ("DDIM-250", &ddim)] {
         for (scale, class) in [(1.0, 1usize), (1.0, 0), (0.0, 1)] {
             let guidance = Guidance {
@@ -448,6 +461,7 @@ fn classifier_guidance_with_scale_one_gives_the_class_conditional() {
             let opts = LoopOptions {
                 corrector: None,
                 guidance: Some(&guidance),
+                conditioning: None,
             };
             let mut noise = NoiseSource::new(31);
             let x = noise.normal([n, 1, 1, 1], &device);

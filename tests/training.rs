@@ -56,7 +56,7 @@ fn tiny_model_overfits_one_fixed_batch() {
     let eps = noise.normal(shape, &device);
     let t: Vec<usize> = vec![10, 100, 200, 300, 400, 500, 700, 900];
     let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-    let xt = diffusion.q_sample(x0, &t, eps.clone());
+    let xt = diffusion.q_sample(x0.clone(), &t, eps.clone());
     let mut state = TrainState::new(
         params::collect(&model)
             .into_iter()
@@ -72,7 +72,9 @@ fn tiny_model_overfits_one_fixed_batch() {
     for _ in 0..300 {
         let xt = Tensor::<4>::from_data(xt.to_data(), &ad);
         let e = Tensor::<4>::from_data(eps.to_data(), &ad);
-        let loss = diffusion.training_loss(e, model.forward(xt, &tf, true), &t);
+        let x0a = Tensor::<4>::from_data(x0.to_data(), &ad);
+        let raw = model.forward(xt.clone(), &tf, true);
+        let loss = diffusion.training_loss(raw, x0a, e, xt, &t);
         losses.push(
             loss.clone()
                 .into_data()
@@ -272,4 +274,95 @@ fn mismatched_config_and_crash_leftovers() {
         err.contains("ema.safetensors") && err.contains("not a valid safetensors"),
         "{err}"
     );
+}
+
+#[test]
+fn damaged_newest_checkpoint_falls_back_to_the_newest_intact_one() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let config = |steps| {
+        let mut c = tiny_run_config(steps);
+        c.train.log_every = 1;
+        c
+    };
+    Trainer::create(&a, config(6), &device)
+        .unwrap()
+        .train()
+        .unwrap();
+    Trainer::create(&b, config(6), &device)
+        .unwrap()
+        .train()
+        .unwrap();
+    let ck = b.join("checkpoints");
+    let (s3, s6) = (ck.join("step-0000003"), ck.join("step-0000006"));
+    assert!(s3.is_dir() && s6.is_dir());
+
+    // A truncated tensor file in the newest checkpoint: resume passes over it to step 3.
+    let f = s6.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let mut t = Trainer::resume(&b, &device, |_| {}).unwrap();
+    assert_eq!(t.state.step, 3);
+    assert_eq!(t.skipped.len(), 1);
+    assert_eq!(t.skipped[0].dir, s6);
+    assert!(
+        t.skipped[0].problem.contains("model.safetensors"),
+        "{}",
+        t.skipped[0].problem
+    );
+    // Set aside (kept, not resumed from or pruned), and `latest` names the checkpoint resumed.
+    assert!(!s6.exists() && ck.join("damaged-step-0000006").is_dir());
+    assert_eq!(latest_checkpoint(&b).unwrap().unwrap(), s3);
+    // The log is cut back to the checkpoint resumed from.
+    let log = std::fs::read_to_string(b.join("log.csv")).unwrap();
+    let last = log.lines().last().unwrap().split(',').next().unwrap();
+    assert_eq!(last, "3", "{log}");
+    // Continuing from step 3 gives exactly the uninterrupted run.
+    t.train().unwrap();
+    let (sa, sb) = (final_state(&a), final_state(&b));
+    let bits = |v: &Vec<Vec<f32>>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(sb.step, 6);
+    assert!(bits(&sa.params) == bits(&sb.params), "weights differ");
+    assert!(bits(&sa.ema) == bits(&sb.ema), "EMA differs");
+
+    // An unreadable state.json in the newest checkpoint: the same fallback, a second set-aside.
+    std::fs::write(s6.join("state.json"), b"{\"step\": 6, \"wall_se").unwrap();
+    let t = Trainer::resume(&b, &device, |_| {}).unwrap();
+    assert_eq!(t.state.step, 3);
+    assert!(
+        t.skipped[0].problem.contains("state.json"),
+        "{}",
+        t.skipped[0].problem
+    );
+    assert!(ck.join("damaged-step-0000006-2").is_dir());
+
+    // Nothing intact: a clear error naming every checkpoint and its problem.
+    std::fs::write(s3.join("ema.safetensors"), b"").unwrap();
+    let err = format!("{:#}", Trainer::resume(&b, &device, |_| {}).err().unwrap());
+    assert!(
+        err.contains("step-0000003") && err.contains("ema.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_checkpoint_redraws_the_loss_plot() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("r");
+    let mut cfg = tiny_run_config(4);
+    cfg.train.log_every = 1;
+    cfg.train.checkpoint_every = 2;
+    let mut t = Trainer::create(&run, cfg, &device).unwrap();
+    t.train().unwrap();
+    let png = run.join("loss.png");
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (640, 360));
+    // The curve is drawn (blue pixels), not only the axes.
+    let blue = img.pixels().filter(|p| p.0 == [30, 90, 200]).count();
+    assert!(blue > 50, "{blue} curve pixels");
+    let rows = ddpm::train::session::read_loss_log(&run).unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(rows.iter().all(|r| r.1.is_finite() && r.1 > 0.0));
 }

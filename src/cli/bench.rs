@@ -88,9 +88,10 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
             phases[k] += clock.elapsed().as_secs_f64();
             clock = Instant::now();
         };
-        let xt = diffusion.q_sample(x0, &t, eps.clone());
+        let xt = diffusion.q_sample(x0.clone(), &t, eps.clone());
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-        let loss = diffusion.training_loss(eps, model.forward(xt, &tf, true), &t);
+        let raw = model.forward(xt.clone(), &tf, true);
+        let loss = diffusion.training_loss(raw, x0, eps, xt, &t);
         let _ = loss.clone().into_data();
         lap(0, phases);
         let grads = loss.backward();
@@ -114,10 +115,10 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
     let inf = m.init(device);
     let x = noise.normal(shape, device);
     let t: Vec<usize> = vec![500; a.batch_size];
-    let _ = inf.predict_eps(x.clone(), &t).into_data();
+    let _ = ddpm::diffusion::Denoiser::forward(&inf, x.clone(), &t, None).into_data();
     let t0 = Instant::now();
     for _ in 0..a.iters {
-        let _ = inf.predict_eps(x.clone(), &t).into_data();
+        let _ = ddpm::diffusion::Denoiser::forward(&inf, x.clone(), &t, None).into_data();
     }
     let fwd_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
     println!("training:  {train_ips:8.1} images/s (forward + backward + Adam/EMA)");

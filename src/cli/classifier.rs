@@ -19,7 +19,7 @@ pub(crate) struct ClassifierTrainArgs {
     #[arg(long, conflicts_with = "run")]
     pub(crate) resume: Option<PathBuf>,
     /// Labelled training data (see `ddpm train --help`).
-    #[arg(long, default_value = "mnist5k")]
+    #[arg(long, default_value_t = TrainConfig::classifier().data)]
     pub(crate) data: String,
     /// Encoder preset (the U-Net presets' down half).
     #[arg(long, default_value = "small28")]
@@ -33,7 +33,7 @@ pub(crate) struct ClassifierTrainArgs {
     #[command(flatten)]
     pub(crate) diffusion: DiffusionArgs,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TrainConfig::classifier().batch_size)]
     pub(crate) batch_size: usize,
     /// Stop after this many steps in total.
     #[arg(long)]
@@ -41,23 +41,23 @@ pub(crate) struct ClassifierTrainArgs {
     /// Stop after this many minutes of training in total.
     #[arg(long)]
     pub(crate) minutes: Option<f64>,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 3e-4)]
+    /// Adam learning rate (Dhariwal & Nichol 2021 train their classifiers at 3e-4).
+    #[arg(long, default_value_t = TrainConfig::classifier().optim.lr)]
     pub(crate) lr: f64,
-    /// Warm-up steps.
-    #[arg(long, default_value_t = 200)]
+    /// Linear learning-rate warm-up steps.
+    #[arg(long, default_value_t = TrainConfig::classifier().optim.warmup_steps)]
     pub(crate) warmup: u64,
-    /// EMA decay.
-    #[arg(long, default_value_t = 0.999)]
+    /// EMA decay of the weights used for guidance and judging.
+    #[arg(long, default_value_t = TrainConfig::classifier().optim.ema_decay)]
     pub(crate) ema_decay: f64,
     /// Random horizontal flips.
     #[arg(long)]
     pub(crate) hflip: bool,
     /// Seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::classifier().seed)]
     pub(crate) seed: u64,
-    /// Checkpoint every N steps.
-    #[arg(long, default_value_t = 500)]
+    /// Checkpoint every N steps (also every 10 minutes and at the end).
+    #[arg(long, default_value_t = TrainConfig::classifier().checkpoint_every)]
     pub(crate) checkpoint_every: u64,
     /// No progress bar.
     #[arg(long)]
@@ -114,41 +114,42 @@ pub(crate) fn cmd_classifier_train(a: ClassifierTrainArgs, device: &Device) -> R
                     lr: a.lr,
                     warmup_steps: a.warmup,
                     ema_decay: a.ema_decay,
-                    ..Default::default()
+                    ..TrainConfig::classifier().optim
                 },
                 checkpoint_every: a.checkpoint_every,
-                ..Default::default()
+                ..TrainConfig::classifier()
             },
             clean: a.clean,
         };
         ClassifierTrainer::create(a.run.as_ref().unwrap(), config, device)?
     };
     trainer.progress = !a.quiet;
+    super::train::report_skipped(&trainer.skipped, trainer.state.step);
     let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
     println!(
         "classifier run {}: {n_params} parameters, {} classes, {} inputs, from step {}",
         trainer.run.display(),
-        trainer.config.model.num_classes,
-        if trainer.config.clean {
+        trainer.config().model.num_classes,
+        if trainer.config().clean {
             "clean"
         } else {
             "noisy (t ~ U)"
         },
         trainer.state.step
     );
-    let ckpt = trainer.train()?;
+    let s = trainer.train()?;
     println!(
         "done: step {}; checkpoint {}; per-step accuracy by t in {}",
-        trainer.state.step,
-        ckpt.display(),
+        s.step,
+        s.checkpoint.display(),
         trainer.run.join("log.csv").display()
     );
     Ok(())
 }
 
 pub(crate) fn cmd_classifier_eval(a: ClassifierEvalArgs, device: &Device) -> Result<()> {
-    use ddpm::train::classifier::{evaluate, load_classifier};
-    let (config, model) = load_classifier(&a.run, device, true)?;
+    use ddpm::train::classifier::evaluate;
+    let (config, model) = Run::open(&a.run)?.classifier(device, true)?;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
     let set = data::open(&spec, a.split, Some(config.model.backbone.image_size))?;
     if set.labels.is_none() {

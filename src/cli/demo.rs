@@ -54,27 +54,25 @@ pub(crate) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
         s.wall_seconds / 60.0,
         s.loss
     );
-    let (config, model, _) = load_run_model(&run, device, true)?;
+    let (config, model, _) = Run::open(&run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
-    let sampler = Ddim::new(
-        timestep_subsequence(1000, 50, Spacing::Quadratic),
-        0.0,
-        true,
-    );
+    let sampler = SamplerConfig::default().build(&diffusion);
     let mut frames = Vec::new();
+    let opts = BatchOptions {
+        batch_size: 64,
+        seed: a.seed,
+        ..Default::default()
+    };
     let x = sample_images(
         &diffusion,
-        &sampler,
+        sampler.as_ref(),
         &model,
         [1, 28, 28],
         64,
-        64,
-        a.seed,
         device,
+        &opts,
         Some(&mut frames),
         true,
-        None,
-        None,
     );
     let grid = a.out.join("samples.png");
     let gif = a.out.join("denoising.gif");

@@ -69,7 +69,7 @@ pub(crate) struct NllArgs {
 }
 
 pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, !a.raw)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
@@ -82,13 +82,6 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
         );
     }
     let n = a.n.clamp(1, set.len());
-    let x0: Vec<f32> = (0..n)
-        .flat_map(|k| {
-            set.image(k * set.len() / n)
-                .iter()
-                .map(|&v| data::to_unit(v))
-        })
-        .collect();
     let t_max = diffusion.num_timesteps();
     println!(
         "NLL bound of {} (step {step}, {} weights, σ² = {:?}) on {n} {:?} images of `{spec}`: {} network evaluations",
@@ -103,33 +96,26 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
         indicatif::ProgressStyle::with_template("{spinner} nll [{elapsed_precise} < {eta_precise}] {bar:30} {pos}/{len} (image, t) pairs").unwrap(),
     );
     let t0 = Instant::now();
-    let mut noise = NoiseSource::new(a.seed);
-    let terms = ddpm::likelihood::calc_bpd(
+    let terms = ddpm::likelihood::bound_of_images(
         &diffusion,
         &model,
-        &x0,
-        [m.in_channels, m.image_size, m.image_size],
+        &set,
+        n,
         a.batch_size,
-        &mut noise,
+        a.seed,
         device,
         |done, _| pb.set_position(done as u64),
     );
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let stats = |v: Vec<f64>| {
-        let k = v.len() as f64;
-        let mean = v.iter().sum::<f64>() / k;
-        let se = if v.len() > 1 {
-            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt() / k.sqrt()
-        } else {
-            f64::NAN
-        };
-        (mean, se)
-    };
-    let (total, total_se) = stats(terms.iter().map(|t| t.total()).collect());
-    let (prior, _) = stats(terms.iter().map(|t| t.prior).collect());
-    let (l0, _) = stats(terms.iter().map(|t| t.terms[0]).collect());
-    let (mid, _) = stats(terms.iter().map(|t| t.terms[1..].iter().sum()).collect());
+    let summary = ddpm::likelihood::BoundSummary::from_terms(&terms);
+    let (total, total_se, prior, l0, mid) = (
+        summary.total,
+        summary.total_se,
+        summary.prior,
+        summary.decoder_l0,
+        summary.sum_kl,
+    );
     println!(
         "NLL ≤ {total:.4} ± {total_se:.4} bits/dim (mean ± standard error over {n} images, {secs:.0} s)"
     );
@@ -138,9 +124,7 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
     println!("  decoder L_0          {l0:.4}");
     let out = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
     std::fs::create_dir_all(&out)?;
-    let per_t: Vec<f64> = (0..t_max)
-        .map(|t| terms.iter().map(|x| x.terms[t]).sum::<f64>() / n as f64)
-        .collect();
+    let per_t = summary.per_t;
     let mut csv = String::from("t,bits_per_dim\n");
     for (i, v) in per_t.iter().enumerate() {
         csv.push_str(&format!("{},{v:.6e}\n", i + 1));
@@ -165,18 +149,19 @@ pub(crate) fn cmd_eval_nll(a: NllArgs, device: &Device) -> Result<()> {
 }
 
 pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, true)?;
-    let plan = a.sampling.plan(&config.diffusion, "ddim", device)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, true)?;
     let m = &config.model;
+    let plan = a
+        .sampling
+        .plan(&config.diffusion, m.num_classes(), "ddim", device)?;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
     let judge = match &a.judge {
-        Some(dir) => Some(ddpm::train::classifier::load_classifier(dir, device, true)?),
+        Some(dir) => Some(Run::open(dir)?.classifier(device, true)?),
         None => None,
     };
-    let num_classes = plan
-        .classifier
-        .as_ref()
-        .map(|g| g.1)
+    let num_classes = a
+        .sampling
+        .num_classes(&plan)
         .or(judge.as_ref().map(|j| j.0.model.num_classes))
         .unwrap_or(1);
     // The class requested for sample i (guided or not: the judge scores unguided samples
@@ -193,72 +178,35 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
         a.split
     );
     let t0 = Instant::now();
-    let mut noise = NoiseSource::new(a.seed);
-    let mut fake = Vec::with_capacity(a.n * FEATURE_DIM);
     let pb = fid_progress(a.n, "sample + features");
-    let mut done = 0;
-    let mut first: Option<Tensor<4>> = None;
-    let (mut t_sample, mut t_feat) = (0.0, 0.0);
-    let mut correct = 0usize;
-    let guide = plan.classifier.as_ref().map(|(g, _)| Guide {
-        classifier: g,
-        label: &label,
-        scale: a.sampling.guidance_scale,
-    });
-    while done < a.n {
-        let b = a.sampling.batch_size.min(a.n - done);
-        let labels: Vec<usize> = (done..done + b).map(label).collect();
-        let ts = Instant::now();
-        let guidance = guide.map(|g| g.for_samples(done..done + b));
-        let opts = ddpm::sampling::LoopOptions {
-            corrector: plan.corrector,
-            guidance: guidance.as_ref(),
-        };
-        let x_t = noise.normal([b, m.in_channels, m.image_size, m.image_size], device);
-        let x = ddpm::sampling::sample_loop_with(
-            &plan.diffusion,
-            plan.sampler.as_ref(),
-            &model,
-            x_t,
-            &mut noise,
-            &opts,
-            |_, _| {},
-        );
-        t_sample += ts.elapsed().as_secs_f64();
-        if first.is_none() {
-            first = Some(x.clone().narrow(0, 0, b.min(100)));
-        }
-        let (px, dims) = ddpm::image::tensor_to_u8(x);
-        if let Some((_, clf)) = &judge {
-            // Judged as stored: the 8-bit image, scaled back to [−1, 1] like the data.
-            let xs: Vec<f32> = px.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
-            let xq = Tensor::<4>::from_data(burn::tensor::TensorData::new(xs, dims), device);
-            let pred = ddpm::train::classifier::predict(clf, xq);
-            correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
-        }
-        let tf = Instant::now();
-        fake.extend(extract_features(
-            &net,
-            &px,
-            dims[1],
-            dims[2],
-            dims[3],
-            a.net.fid_batch,
-            device,
-            |_| {},
-        ));
-        t_feat += tf.elapsed().as_secs_f64();
-        done += b;
-        pb.set_position(done as u64);
-    }
-    pb.finish_and_clear();
-    let fid = frechet_distance(
-        &FeatureStats::from_features(&real, FEATURE_DIM),
-        &FeatureStats::from_features(&fake, FEATURE_DIM),
+    let judge_fn = judge
+        .as_ref()
+        .map(|(_, clf)| move |x: Tensor<4>| ddpm::train::classifier::predict(clf, x));
+    let opts = a.sampling.batch_options(&plan, a.seed, &label);
+    let r = ddpm::metrics::evaluate::fid_of_sampler(
+        &net,
+        &real,
+        &plan.diffusion,
+        plan.sampler.as_ref(),
+        &model,
+        [m.in_channels, m.image_size, m.image_size],
+        a.n,
+        device,
+        &opts,
+        a.net.fid_batch,
+        judge_fn.as_ref().map(|j| {
+            (
+                j as &dyn Fn(Tensor<4>) -> Vec<usize>,
+                &label as &dyn Fn(usize) -> usize,
+            )
+        }),
+        |done| pb.set_position(done as u64),
     )?;
-    let (precision, recall) = precision_recall(&real, &fake, FEATURE_DIM, 3);
+    pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let accuracy = judge.as_ref().map(|_| correct as f64 / a.n as f64);
+    let (fid, precision, recall, accuracy) = (r.fid, r.precision, r.recall, r.judged_accuracy);
+    let (t_sample, t_feat) = (r.sampling_seconds, r.inception_seconds);
+    let first = r.first;
     println!(
         "FID {fid:.3}, precision {precision:.4}, recall {recall:.4}{}  ({:.0} s: sampling {t_sample:.0} s, Inception {t_feat:.0} s)",
         match accuracy {
@@ -267,11 +215,12 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
         },
         secs
     );
+    let name = plan.config.name();
     let tag = a.tag.clone().unwrap_or_else(|| {
         format!(
             "fid_{}{}",
-            plan.name,
-            if plan.name == "ddim" {
+            name,
+            if name != "ddpm" {
                 format!("{}", a.sampling.steps)
             } else {
                 String::new()
@@ -291,11 +240,12 @@ pub(crate) fn cmd_eval_fid(a: EvalFidArgs, device: &Device) -> Result<()> {
         &tag,
         serde_json::json!({
             "fid": fid, "precision": precision, "recall": recall, "n": a.n, "reference": spec,
-            "split": format!("{:?}", a.split).to_lowercase(), "sampler": plan.name, "steps": plan.sampler.timesteps().len(),
+            "split": format!("{:?}", a.split).to_lowercase(), "sampler": name, "sampler_config": plan.config, "steps": plan.sampler.timesteps().len(),
             "eta": a.sampling.eta, "step": step, "seconds": secs, "sampling_seconds": t_sample, "inception_seconds": t_feat,
             "corrector_steps": a.sampling.corrector_steps, "snr": a.sampling.snr,
             "classifier": a.sampling.classifier.as_ref().map(|p| p.display().to_string()),
             "class": a.sampling.class, "guidance_scale": a.sampling.classifier.as_ref().map(|_| a.sampling.guidance_scale),
+            "cfg_scale": a.sampling.cfg_scale,
             "judge": a.judge.as_ref().map(|p| p.display().to_string()), "judged_accuracy": accuracy,
         }),
     )?;

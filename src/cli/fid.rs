@@ -4,7 +4,8 @@ use super::prelude::*;
 
 #[derive(Args, Clone)]
 pub(crate) struct FidNetArgs {
-    /// The FID Inception weights (default: $DDPM_INCEPTION, ~/.cache/ddpm/, ../shared/data/).
+    /// The FID Inception weights (default: $DDPM_INCEPTION, then ~/.cache/ddpm/; see
+    /// scripts/get-fid-weights.sh).
     #[arg(long)]
     pub(crate) inception: Option<PathBuf>,
     /// Images per Inception call.
@@ -45,15 +46,8 @@ pub(crate) fn fid_progress(len: usize, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-pub(crate) fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("ddpm")
-}
-
-/// Features of (up to) `n` evenly spaced images of a data set, cached on disk.
+/// Features of (up to) `n` evenly spaced images of a data set, cached on disk
+/// ([`ddpm::metrics::evaluate::dataset_features`] with a progress bar).
 pub(crate) fn dataset_features(
     spec: &str,
     split: Split,
@@ -62,52 +56,29 @@ pub(crate) fn dataset_features(
     batch: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let set = data::open(spec, split, None)?;
-    let n = n.unwrap_or(set.len()).clamp(1, set.len());
-    let key: String = format!("{spec}-{split:?}-{n}-of-{}", set.len())
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cache = cache_dir()
-        .join("fid-features")
-        .join(format!("{key}.safetensors"));
-    if let Ok(t) = ddpm::tensorfile::read_f32_tensors(&cache)
-        && let Some((_, s, v)) = t.into_iter().find(|(k, _, _)| k == "features")
-        && s == vec![n, FEATURE_DIM]
-    {
-        println!(
-            "{spec} ({split:?}, {n} images): cached features {}",
-            cache.display()
-        );
-        return Ok(v);
-    }
-    let pixels: Vec<u8> = (0..n)
-        .flat_map(|k| set.image(k * set.len() / n).to_vec())
-        .collect();
-    let pb = fid_progress(n, &format!("features of {spec}"));
-    let f = extract_features(
+    let pb = fid_progress(n.unwrap_or(0), &format!("features of {spec}"));
+    let cache = ddpm::metrics::evaluate::cache_dir();
+    let (f, cached) = ddpm::metrics::evaluate::dataset_features(
+        spec,
+        split,
+        n,
         net,
-        &pixels,
-        set.channels,
-        set.height,
-        set.width,
         batch,
         device,
-        |d| pb.set_position(d as u64),
-    );
-    pb.finish_and_clear();
-    std::fs::create_dir_all(cache.parent().unwrap())?;
-    let bytes = ddpm::tensorfile::f32_tensors_to_bytes(
-        &[("features".to_string(), vec![n, FEATURE_DIM], &f)],
-        None,
+        &cache,
+        |d, total| {
+            pb.set_length(total as u64);
+            pb.set_position(d as u64)
+        },
     )?;
-    ddpm::tensorfile::write_atomic(&cache, &bytes)?;
+    pb.finish_and_clear();
+    if cached {
+        println!(
+            "{spec} ({split:?}, {} images): cached features in {}",
+            f.len() / FEATURE_DIM,
+            cache.join("fid-features").display()
+        );
+    }
     Ok(f)
 }
 

@@ -1,9 +1,14 @@
-//! `ddpm inspect`: the forward process on real images and the schedule's key numbers.
+//! `ddpm inspect`: the forward process on real images and the schedule's key numbers, or
+//! (`--run`) the state of a run folder.
 
 use super::prelude::*;
 
 #[derive(Args)]
 pub(crate) struct InspectArgs {
+    /// Report on this run folder instead: its config, steps, last loss, checkpoints (sizes, and
+    /// whether each reads completely) and metrics.json.
+    #[arg(long)]
+    pub(crate) run: Option<PathBuf>,
     /// Data set to take images from.
     #[arg(long, default_value = "mnist5k")]
     pub(crate) data: String,
@@ -30,7 +35,106 @@ pub(crate) struct InspectArgs {
     pub(crate) seed: u64,
 }
 
+/// Bytes in B, KB, MB or GB (powers of 1000).
+fn human_bytes(n: u64) -> String {
+    let x = n as f64;
+    if x >= 1e9 {
+        format!("{:.2} GB", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} MB", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} KB", x / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `ddpm inspect --run RUN`.
+fn inspect_run(dir: &std::path::Path) -> Result<()> {
+    let run = Run::open(dir)?;
+    let r = run.report()?;
+    println!("run {} ({})", dir.display(), run.kind_name());
+    println!("config ({}):", dir.join("config.json").display());
+    println!("{}", indent(&serde_json::to_string_pretty(&r.config)?));
+    let tc = run.train_config();
+    let budget = match (tc.max_steps, tc.max_minutes) {
+        (Some(s), Some(m)) => format!("{s} steps or {m} min"),
+        (Some(s), None) => format!("{s} steps"),
+        (None, Some(m)) => format!("{m} min"),
+        (None, None) => "none".into(),
+    };
+    match r.newest_intact().and_then(|c| c.meta.as_ref()) {
+        Some(m) => println!(
+            "steps: {} (budget {budget}; {} images seen, {:.1} min of training)",
+            m.step,
+            m.images_seen,
+            m.wall_seconds / 60.0
+        ),
+        None => println!("steps: no intact checkpoint (budget {budget})"),
+    }
+    match r.last_log {
+        Some((step, loss)) => println!(
+            "last loss: {loss:.6} at step {step} (log.csv, {} row{})",
+            r.log_rows,
+            if r.log_rows == 1 { "" } else { "s" }
+        ),
+        None => match r.newest_intact().and_then(|c| c.meta.as_ref()) {
+            Some(m) => println!(
+                "last loss: {:.6} (smoothed, checkpoint at step {}; log.csv has no rows yet)",
+                m.loss, m.step
+            ),
+            None => println!("last loss: none logged yet"),
+        },
+    }
+    println!("checkpoints (newest first, each read in full):");
+    if r.checkpoints.is_empty() {
+        println!("  none");
+    }
+    for c in &r.checkpoints {
+        let name = c.dir.file_name().unwrap_or_default().to_string_lossy();
+        let latest = if c.latest { " [latest]" } else { "" };
+        match (&c.meta, &c.problem) {
+            (Some(m), _) => println!(
+                "  {name}  {:>9}  intact, smoothed loss {:.4}{latest}",
+                human_bytes(c.bytes),
+                m.loss
+            ),
+            (None, p) => println!(
+                "  {name}  {:>9}  damaged: {}{latest}",
+                human_bytes(c.bytes),
+                p.as_deref().unwrap_or("unreadable")
+            ),
+        }
+    }
+    match r.newest_intact().and_then(|c| c.meta.as_ref()) {
+        Some(m) => println!("newest intact checkpoint: step {}", m.step),
+        None => println!("newest intact checkpoint: none"),
+    }
+    match &r.metrics {
+        Some(m) => println!(
+            "metrics.json:\n{}",
+            indent(&serde_json::to_string_pretty(m)?)
+        ),
+        None => println!("metrics.json: none (`ddpm eval fid` and `ddpm eval nll` write it)"),
+    }
+    match &r.loss_plot {
+        Some(p) => println!("loss curve: {}", p.display()),
+        None => println!("loss curve: none yet (loss.png is drawn at every checkpoint)"),
+    }
+    Ok(())
+}
+
 pub(crate) fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
+    if let Some(run) = &a.run {
+        return inspect_run(run);
+    }
     let dcfg = a.diffusion.config()?;
     let diffusion = GaussianDiffusion::new(dcfg);
     let s = &diffusion.schedule;
@@ -50,8 +154,8 @@ pub(crate) fn cmd_inspect(a: InspectArgs, device: &Device) -> Result<()> {
     );
     println!(
         "  prior term L_T = KL(q(x_T|x_0) ‖ N(0,I)): {:.3e} bits/dim at x_0 = ±1, {:.3e} at x_0 = 0",
-        s.prior_kl_nats(1.0) / ln2,
-        s.prior_kl_nats(0.0) / ln2
+        ddpm::likelihood::prior_kl_nats(s, 1.0) / ln2,
+        ddpm::likelihood::prior_kl_nats(s, 0.0) / ln2
     );
     println!("  √ᾱ_t (signal) and √(1−ᾱ_t) (noise) at the chosen t:");
     for &t in &a.t {

@@ -64,21 +64,7 @@ pub(crate) fn pick_image(which: &str, set: &data::ImageSet, cfg: &UNetConfig) ->
         }
         set.image(i).to_vec()
     } else {
-        let path = std::path::Path::new(which);
-        let dir = tempdir_with(path)?;
-        let one = data::folder::open(&dir, Some(cfg.image_size))?;
-        std::fs::remove_dir_all(&dir).ok();
-        let px = one.image(0).to_vec();
-        match (one.channels, cfg.in_channels) {
-            (a, b) if a == b => px,
-            (3, 1) => px
-                .chunks(cfg.image_size * cfg.image_size)
-                .next()
-                .unwrap()
-                .to_vec(),
-            (1, 3) => px.iter().cycle().take(px.len() * 3).copied().collect(),
-            (a, b) => bail!("{which}: {a} channels, the model needs {b}"),
-        }
+        data::folder::load_one(std::path::Path::new(which), cfg.image_size, cfg.in_channels)?
     };
     let want = cfg.in_channels * cfg.image_size * cfg.image_size;
     if img.len() != want {
@@ -90,19 +76,8 @@ pub(crate) fn pick_image(which: &str, set: &data::ImageSet, cfg: &UNetConfig) ->
     Ok(img.into_iter().map(data::to_unit).collect())
 }
 
-/// A temporary folder holding a copy of one image, so the folder loader can read it.
-pub(crate) fn tempdir_with(path: &std::path::Path) -> Result<PathBuf> {
-    if !path.is_file() {
-        bail!("{}: no such image file", path.display());
-    }
-    let dir = std::env::temp_dir().join(format!("ddpm-one-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::copy(path, dir.join(path.file_name().unwrap()))?;
-    Ok(dir)
-}
-
 pub(crate) fn cmd_encode(a: EncodeArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
@@ -117,7 +92,7 @@ pub(crate) fn cmd_encode(a: EncodeArgs, device: &Device) -> Result<()> {
         .collect();
     let shape = [n, m.in_channels, m.image_size, m.image_size];
     let x0 = Tensor::<4>::from_data(TensorData::new(x0, shape), device);
-    let ts = timestep_subsequence(diffusion.num_timesteps(), a.steps, Spacing::Linear);
+    let ts = timestep_subsequence(&diffusion.schedule, a.steps, Spacing::Linear);
     println!(
         "encoding {n} images of `{spec}` with {} (step {step}), {} DDIM steps",
         a.run.display(),
@@ -159,7 +134,7 @@ pub(crate) fn cmd_encode(a: EncodeArgs, device: &Device) -> Result<()> {
 }
 
 pub(crate) fn cmd_interpolate(a: InterpolateArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, true)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
     let m = &config.model;
     let spec = a.data.clone().unwrap_or_else(|| config.train.data.clone());
@@ -171,7 +146,7 @@ pub(crate) fn cmd_interpolate(a: InterpolateArgs, device: &Device) -> Result<()>
         TensorData::new([xa, xb].concat(), [2, shape1[1], shape1[2], shape1[3]]),
         device,
     );
-    let ts = timestep_subsequence(diffusion.num_timesteps(), a.steps, Spacing::Linear);
+    let ts = timestep_subsequence(&diffusion.schedule, a.steps, Spacing::Linear);
     println!(
         "interpolating {} ↔ {} with {} (step {step}), {} DDIM steps",
         a.a,

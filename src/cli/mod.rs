@@ -24,7 +24,7 @@ pub(crate) mod prelude {
 
     pub(crate) use ddpm::data::{self, Split};
     pub(crate) use ddpm::diffusion::{
-        DiffusionConfig, EpsModel, GaussianDiffusion, LossType, VarianceType,
+        Denoiser, DiffusionConfig, GaussianDiffusion, LossType, Prediction, VarianceType,
     };
     pub(crate) use ddpm::metrics::fid::{
         FEATURE_DIM, FeatureStats, extract_features, frechet_distance, precision_recall,
@@ -32,10 +32,10 @@ pub(crate) mod prelude {
     pub(crate) use ddpm::metrics::inception::{FidInception, locate_weights};
     pub(crate) use ddpm::model::UNetConfig;
     pub(crate) use ddpm::sampling::{
-        Ancestral, Ddim, NoiseSource, Sampler, Spacing, sample, timestep_subsequence,
+        BatchOptions, Ddim, NoiseSource, Sampler, SamplerConfig, Spacing, timestep_subsequence,
     };
     pub(crate) use ddpm::schedule::BetaSchedule;
-    pub(crate) use ddpm::train::{RunConfig, TrainConfig, Trainer, load_run_model};
+    pub(crate) use ddpm::train::{Run, RunConfig, TrainConfig, Trainer};
 
     pub(crate) use super::common::*;
     pub(crate) use super::fid::{FidNetArgs, dataset_features, fid_progress};

@@ -1,4 +1,5 @@
-//! `ddpm sample`: Algorithm 2 or DDIM from a run, with chains, a corrector and guidance.
+//! `ddpm sample`: any sampler from a run, with chains, a corrector, classifier or
+//! classifier-free guidance, SDEdit and inpainting.
 
 use super::prelude::*;
 
@@ -29,25 +30,107 @@ pub(crate) struct SampleArgs {
     /// Use the raw weights instead of the EMA.
     #[arg(long)]
     pub(crate) raw: bool,
+    /// SDEdit (Meng et al. 2022): start from this image noised to level `--strength`·T
+    /// instead of from pure noise.
+    #[arg(long)]
+    pub(crate) init: Option<PathBuf>,
+    /// SDEdit strength in (0, 1]: how much of the noise range is re-generated (1 = ignore the
+    /// image, small = stay close to it).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) strength: f64,
+    /// Inpainting (RePaint, Lugmayr et al. 2022): the image whose known pixels are kept.
+    #[arg(long, requires = "mask")]
+    pub(crate) inpaint: Option<PathBuf>,
+    /// Inpainting mask image: white (≥ 128) where the pixel is known and kept, black where it
+    /// is generated.
+    #[arg(long, requires = "inpaint")]
+    pub(crate) mask: Option<PathBuf>,
+    /// RePaint's resampling count U per step (1 = none; the paper uses 10).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) resample: usize,
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
 }
 
+/// One image file as a [1, C, H, W] tensor in [−1, 1] at the model's size.
+fn image_tensor(path: &std::path::Path, m: &UNetConfig, device: &Device) -> Result<Tensor<4>> {
+    let px = data::folder::load_one(path, m.image_size, m.in_channels)?;
+    let v: Vec<f32> = px.into_iter().map(data::to_unit).collect();
+    Ok(Tensor::from_data(
+        TensorData::new(v, [1, m.in_channels, m.image_size, m.image_size]),
+        device,
+    ))
+}
+
 pub(crate) fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
-    let (config, model, step) = load_run_model(&a.run, device, !a.raw)?;
-    let plan = a.sampling.plan(&config.diffusion, "ddpm", device)?;
+    let (config, model, step) = Run::open(&a.run)?.model(device, !a.raw)?;
     let m = &config.model;
+    let mut plan = a
+        .sampling
+        .plan(&config.diffusion, m.num_classes(), "ddpm", device)?;
+    if a.init.is_some() && a.inpaint.is_some() {
+        bail!("--init (SDEdit) and --inpaint cannot be combined");
+    }
+    if !(a.strength > 0.0 && a.strength <= 1.0) {
+        bail!("--strength {} must be in (0, 1]", a.strength);
+    }
+    let mut what = a.sampling.describe(&plan);
+    let guide = match &a.init {
+        Some(p) => {
+            let sd = ddpm::sampling::SdEdit::new(plan.sampler, &plan.diffusion, a.strength);
+            what = format!(
+                "{what}, SDEdit from {} at strength {} ({} steps)",
+                p.display(),
+                a.strength,
+                sd.timesteps().len()
+            );
+            plan.sampler = Box::new(sd);
+            Some(image_tensor(p, m, device)?)
+        }
+        None => None,
+    };
+    if let (Some(img), Some(mask)) = (&a.inpaint, &a.mask) {
+        let known = image_tensor(img, m, device)?;
+        let mask_px = data::folder::load_one(mask, m.image_size, 1)?;
+        let mv: Vec<f32> = mask_px
+            .iter()
+            .map(|&v| if v >= 128 { 1.0 } else { 0.0 })
+            .collect();
+        let known_share = mv.iter().sum::<f32>() / mv.len() as f32;
+        let mask_t = Tensor::<4>::from_data(
+            TensorData::new(mv, [1, 1, m.image_size, m.image_size]),
+            device,
+        );
+        what = format!(
+            "{what}, inpainting {} ({:.0}% of pixels known, U = {})",
+            img.display(),
+            100.0 * known_share,
+            a.resample
+        );
+        plan.sampler = Box::new(ddpm::sampling::Inpaint::new(
+            plan.sampler,
+            known,
+            mask_t,
+            a.resample,
+        ));
+    }
     println!(
-        "sampling {} images from {} (step {step}, {} weights) with {}",
+        "sampling {} images from {} (step {step}, {} weights) with {what}",
         a.n,
         a.run.display(),
         if a.raw { "raw" } else { "EMA" },
-        a.sampling.describe(&plan)
     );
-    let label = |i: usize| {
-        a.sampling
-            .label(i, plan.classifier.as_ref().map_or(1, |c| c.1))
+    let k = a.sampling.num_classes(&plan).unwrap_or(1);
+    let label = |i: usize| a.sampling.label(i, k);
+    let mut opts = a.sampling.batch_options(&plan, a.seed, &label);
+    let start = |range: std::ops::Range<usize>, noise: &mut NoiseSource| -> Tensor<4> {
+        let g = guide.clone().expect("SDEdit guide image");
+        let t0 = plan.sampler.timesteps()[0];
+        ddpm::sampling::SdEdit::start(&plan.diffusion, t0, g.repeat_dim(0, range.len()), noise)
     };
+    if guide.is_some() {
+        opts.start = Some(&start);
+    }
     let t0 = Instant::now();
     let mut frames = Vec::new();
     let x = sample_images(
@@ -56,17 +139,10 @@ pub(crate) fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
         &model,
         [m.in_channels, m.image_size, m.image_size],
         a.n,
-        a.sampling.batch_size,
-        a.seed,
         device,
+        &opts,
         a.chain.is_some().then_some(&mut frames),
         true,
-        plan.corrector.as_ref(),
-        plan.classifier.as_ref().map(|(g, _)| Guide {
-            classifier: g,
-            label: &label,
-            scale: a.sampling.guidance_scale,
-        }),
     );
     let secs = t0.elapsed().as_secs_f64();
     if a.out_dir.is_some() || a.npz.is_some() {

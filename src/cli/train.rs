@@ -15,7 +15,7 @@ pub(crate) struct TrainArgs {
     pub(crate) preset: String,
     /// Training data: `mnist5k` (built in), `fashion-mnist` (Debian package), a folder of
     /// IDX files, CIFAR-10 batches or PNG/JPEG images (sub-folder = class).
-    #[arg(long, default_value = "mnist5k")]
+    #[arg(long, default_value_t = TrainConfig::default().data)]
     pub(crate) data: String,
     /// Image side; images are resized to it (default: the preset's).
     #[arg(long)]
@@ -44,7 +44,7 @@ pub(crate) struct TrainArgs {
     #[command(flatten)]
     pub(crate) diffusion: DiffusionArgs,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub(crate) batch_size: usize,
     /// Stop after this many steps in total.
     #[arg(long)]
@@ -52,37 +52,47 @@ pub(crate) struct TrainArgs {
     /// Stop after this many minutes of training in total (wall clock).
     #[arg(long)]
     pub(crate) minutes: Option<f64>,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    /// Adam learning rate (Ho et al. 2020: 2e-4).
+    #[arg(long, default_value_t = TrainConfig::default().optim.lr)]
     pub(crate) lr: f64,
-    /// Linear learning-rate warm-up steps (the paper: 5000; shorter for short runs).
-    #[arg(long, default_value_t = 1000)]
+    /// Linear learning-rate warm-up steps. Ho et al. 2020 use 5000 over 800k steps; 1000
+    /// suits CPU runs of a few thousand steps (a few hundred for runs under ~3000 steps).
+    #[arg(long, default_value_t = TrainConfig::default().optim.warmup_steps)]
     pub(crate) warmup: u64,
-    /// Global gradient-norm clip (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    /// Global gradient-norm clip, 0 disables (Ho et al. 2020: 1).
+    #[arg(long, default_value_t = TrainConfig::default().optim.grad_clip)]
     pub(crate) grad_clip: f64,
     /// EMA decay of the weights used for sampling. The paper's 0.9999 averages over ~10k
     /// steps: for runs under ~50k steps use 0.999 (or 0.995 for a few thousand steps).
-    #[arg(long, default_value_t = 0.9999)]
+    #[arg(long, default_value_t = TrainConfig::default().optim.ema_decay)]
     pub(crate) ema_decay: f64,
     /// Random horizontal flips (right for CIFAR-10 and photos, wrong for digits and text).
     #[arg(long)]
     pub(crate) hflip: bool,
     /// Seed for initialisation, batches, t, ε and previews.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub(crate) seed: u64,
     /// Preview grid (EMA weights, 50 DDIM steps) every N steps.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = TrainConfig::default().sample_every)]
     pub(crate) sample_every: u64,
-    /// Checkpoint every N steps (also every 10 minutes and at the end).
-    #[arg(long, default_value_t = 1000)]
+    /// Checkpoint every N steps (also every 10 minutes and at the end); loss.png is redrawn
+    /// from log.csv at every checkpoint.
+    #[arg(long, default_value_t = TrainConfig::default().checkpoint_every)]
     pub(crate) checkpoint_every: u64,
-    /// Images in each preview grid.
-    #[arg(long, default_value_t = 64)]
+    /// Images in each preview grid (0: no previews).
+    #[arg(long, default_value_t = TrainConfig::default().preview_count)]
     pub(crate) preview_count: usize,
     /// No progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Class-conditional model: a learned class embedding added to the time embedding
+    /// (diffusers' `num_class_embeds`), for `ddpm sample --class K --cfg-scale W`. Needs
+    /// labelled data (IDX labels, CIFAR-10, or class sub-folders).
+    #[arg(long)]
+    pub(crate) class_cond: bool,
+    /// Share of labels dropped to the null label ∅ each step (classifier-free guidance).
+    #[arg(long, default_value_t = TrainConfig::default().label_dropout)]
+    pub(crate) label_dropout: f64,
 }
 
 pub(crate) fn model_config(a: &TrainArgs) -> Result<UNetConfig> {
@@ -138,13 +148,29 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         }
         let mut model = model_config(&a)?;
         // Match the data's channels when the user did not say otherwise.
-        if a.channels.is_none() {
-            let probe = data::open(&a.data, Split::Train, Some(model.image_size))?;
-            model.in_channels = probe.channels;
+        let probe = (a.channels.is_none() || a.class_cond)
+            .then(|| data::open(&a.data, Split::Train, Some(model.image_size)))
+            .transpose()?;
+        if let Some(p) = &probe
+            && a.channels.is_none()
+        {
+            model.in_channels = p.channels;
+        }
+        if a.class_cond {
+            let k = probe.as_ref().map_or(0, |p| p.num_classes());
+            if k == 0 {
+                bail!("--class-cond: data `{}` has no labels", a.data);
+            }
+            // K classes and the null label ∅.
+            model.num_class_embeds = Some(k + 1);
+        }
+        let diffusion = a.diffusion.config()?;
+        if diffusion.variance == VarianceType::Learned {
+            model.out_channels = Some(2 * model.in_channels);
         }
         let config = RunConfig {
             model,
-            diffusion: a.diffusion.config()?,
+            diffusion,
             train: TrainConfig {
                 data: a.data.clone(),
                 batch_size: a.batch_size,
@@ -162,18 +188,20 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
                 sample_every: a.sample_every,
                 checkpoint_every: a.checkpoint_every,
                 preview_count: a.preview_count,
+                label_dropout: a.label_dropout,
                 ..Default::default()
             },
         };
         Trainer::create(&run, config, device)?
     };
     trainer.progress = !a.quiet;
+    report_skipped(&trainer.skipped, trainer.state.step);
     let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();
     println!(
         "run {}: {} parameters, data {} ({} images {}×{}×{}), from step {}",
         trainer.run.display(),
         n_params,
-        trainer.config.train.data,
+        trainer.config().train.data,
         trainer.data.len(),
         trainer.data.channels,
         trainer.data.height,
@@ -192,4 +220,73 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
         println!("preview:    {}", p.display());
     }
     Ok(())
+}
+
+/// Tells the user which damaged checkpoints `--resume` passed over, why, and where it resumes.
+pub(crate) fn report_skipped(skipped: &[ddpm::train::session::SkippedCheckpoint], step: u64) {
+    for s in skipped {
+        eprintln!(
+            "warning: checkpoint {} is damaged and was skipped ({}); moved to {}",
+            s.dir.display(),
+            s.problem,
+            s.moved_to.display()
+        );
+    }
+    if !skipped.is_empty() {
+        eprintln!("warning: resuming from the newest intact checkpoint, step {step}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::classifier::ClassifierTrainArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Train {
+        #[command(flatten)]
+        a: TrainArgs,
+    }
+
+    #[derive(Parser)]
+    struct Classifier {
+        #[command(flatten)]
+        a: ClassifierTrainArgs,
+    }
+
+    #[test]
+    fn cli_defaults_are_the_library_defaults() {
+        let a = Train::parse_from(["train", "--run", "r"]).a;
+        let d = TrainConfig::default();
+        assert_eq!(
+            (&a.data, a.batch_size, a.seed, a.preview_count),
+            (&d.data, d.batch_size, d.seed, d.preview_count)
+        );
+        assert_eq!(
+            (a.sample_every, a.checkpoint_every),
+            (d.sample_every, d.checkpoint_every)
+        );
+        assert_eq!(
+            (a.lr, a.warmup, a.grad_clip, a.ema_decay),
+            (
+                d.optim.lr,
+                d.optim.warmup_steps,
+                d.optim.grad_clip,
+                d.optim.ema_decay
+            )
+        );
+        assert_eq!(a.diffusion.config().unwrap(), DiffusionConfig::default());
+
+        let c = Classifier::parse_from(["classifier", "--run", "r"]).a;
+        let d = TrainConfig::classifier();
+        assert_eq!(
+            (&c.data, c.batch_size, c.seed, c.checkpoint_every),
+            (&d.data, d.batch_size, d.seed, d.checkpoint_every)
+        );
+        assert_eq!(
+            (c.lr, c.warmup, c.ema_decay),
+            (d.optim.lr, d.optim.warmup_steps, d.optim.ema_decay)
+        );
+    }
 }

@@ -215,6 +215,31 @@ fn centre_crop_resize(img: RgbImage, size: Option<usize>) -> RgbImage {
     }
 }
 
+/// One image file as u8 values in CHW order with `channels` channels (1 or 3), centre-cropped
+/// and resized to `size`×`size`: grey is repeated to RGB, RGB becomes grey by ITU-R BT.601 luma.
+/// For single images given on the command line (SDEdit guides, inpainting, DDIM inversion).
+pub fn load_one(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>, DataError> {
+    if !path.is_file() {
+        return Err(DataError::corrupt(path, "no such image file"));
+    }
+    let (img, _) = load_image(path)?;
+    let img = centre_crop_resize(img, Some(size));
+    let mut out = Vec::with_capacity(channels * size * size);
+    match channels {
+        1 => out.extend(img.pixels().map(|p| {
+            (0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).round() as u8
+        })),
+        3 => push_chw(&img, 3, &mut out),
+        c => {
+            return Err(DataError::corrupt(
+                path,
+                format!("{c} channels requested; images have 1 or 3"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Loads every image under `dir`; prints one line to stderr when entries were skipped
 /// (see [`open_report`]).
 pub fn open(dir: &Path, size: Option<usize>) -> anyhow::Result<ImageSet> {

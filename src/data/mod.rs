@@ -108,7 +108,8 @@ impl ImageSet {
 }
 
 /// Which split of a named data set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Split {
     /// Training images.
     Train,

@@ -12,6 +12,7 @@
 //! - weight gradient: `dW = Σ_b dy_b · col(x_b)ᵀ`, summed over fixed chunks of the batch in a
 //!   fixed order, so the result does not depend on how many threads ran it.
 
+use super::policy::KernelPolicy;
 use super::simd::multiversion;
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
@@ -356,14 +357,16 @@ fn direct_fits(g: &ConvGeom) -> bool {
     g.col_rows() <= DIRECT_MAX_DEPTH && g.c_out <= DIRECT_MAX_CHANNELS
 }
 
-/// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout), small
-/// enough ([`DIRECT_MAX_DEPTH`], [`DIRECT_MAX_CHANNELS`]), AVX-512, and not switched off with `DDPM_CONV=gemm`.
+/// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout) with
+/// AVX-512, and under [`KernelPolicy::Auto`] small enough ([`DIRECT_MAX_DEPTH`],
+/// [`DIRECT_MAX_CHANNELS`]); never under [`KernelPolicy::Gemm`].
 pub fn direct_applies(g: &ConvGeom) -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    g.is_wide()
-        && direct_fits(g)
-        && super::direct::available()
-        && !*OFF.get_or_init(|| std::env::var("DDPM_CONV").is_ok_and(|v| v == "gemm"))
+    let possible = g.is_wide() && super::direct::available();
+    match super::policy::policy() {
+        KernelPolicy::Auto => possible && direct_fits(g),
+        KernelPolicy::Direct => possible,
+        KernelPolicy::Gemm | KernelPolicy::Burn => false,
+    }
 }
 
 /// Tap offsets in the wide layout: `ky·Wp + kx`.

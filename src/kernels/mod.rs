@@ -3,15 +3,19 @@
 //!
 //! The model code calls the functions at the bottom of this file ([`conv2d`]); they route to
 //! these kernels when the tensors live on the CPU backend and to burn's generic ops on any
-//! other device (wgpu), so the model stays backend-agnostic. Every kernel is tested against
+//! other device (wgpu) or under [`KernelPolicy::Burn`], so the model stays backend-agnostic.
+//! The caller picks the policy once with [`set_policy`] (the CLI's `--kernels`). Every kernel is tested against
 //! the definition (values and gradients) in its own file and against burn's op in
 //! `tests/kernels.rs`.
 
 pub mod conv;
 pub mod direct;
 pub mod norm;
+pub mod policy;
 pub mod pool;
 pub mod simd;
+
+pub use policy::{KernelPolicy, policy, set_policy};
 
 use burn::backend::autodiff::{
     Autodiff,
@@ -302,10 +306,9 @@ pub fn is_cpu(device: &burn::tensor::Device) -> bool {
     )
 }
 
-/// Whether the kernels are switched off (`DDPM_KERNELS=burn`), to compare against burn's ops.
+/// Whether the kernels are switched off ([`KernelPolicy::Burn`]), to compare against burn's ops.
 fn disabled() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var("DDPM_KERNELS").is_ok_and(|v| v == "burn"))
+    policy() == KernelPolicy::Burn
 }
 
 /// `conv.forward(x)`, through [`conv::conv2d_forward`] on the CPU.

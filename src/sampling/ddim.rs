@@ -1,47 +1,83 @@
-//! DDIM (Song et al. 2021; theory.md §6) on a decreasing subsequence of timesteps.
+//! DDIM (Song et al. 2021, eq. 12; docs/math.md §12) on a decreasing subsequence of timesteps.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{NoiseSource, Sampler, StepOutput};
+use super::{Sampler, StepContext, StepOutput};
 use crate::diffusion::GaussianDiffusion;
+use crate::schedule::NoiseSchedule;
 
 /// How a subsequence of `n` timesteps is chosen from 0..T.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Spacing {
-    /// `round(linspace(T−1, 0, n))` (theory.md §8's figures use this).
+    /// `round(linspace(T−1, 0, n))` (Song et al. 2021, DDIM, "linear" τ).
     Linear,
     /// Quadratic in the step number, denser near t = 0 (the DDIM paper's CIFAR-10 choice).
     Quadratic,
+    /// Karras et al. 2022, eq. 5 with ρ = 7: `σ_i = (σ_max^{1/ρ} + i/(n−1)·(σ_min^{1/ρ} −
+    /// σ_max^{1/ρ}))^ρ` in the σ = √((1−ᾱ)/ᾱ) of the schedule, each mapped to the index with
+    /// the nearest log σ.
+    Karras,
 }
 
-/// `n` distinct decreasing timestep indices from T−1 to 0 (n ≤ T). Where rounding would repeat
-/// an index (quadratic spacing crowds t ≈ 0), the next free index is taken instead, so `--steps
-/// 50` always means 50 network calls.
-pub fn timestep_subsequence(num_timesteps: usize, n: usize, spacing: Spacing) -> Vec<usize> {
+/// ρ of the Karras et al. 2022 spacing.
+pub const KARRAS_RHO: f64 = 7.0;
+
+/// `n` distinct decreasing timestep indices from T−1 to 0 (n ≤ T) for `schedule`. Where
+/// rounding would repeat an index (quadratic and Karras spacings crowd t ≈ 0), the next free
+/// index is taken instead, so `--steps 50` always means 50 steps.
+pub fn timestep_subsequence(schedule: &NoiseSchedule, n: usize, spacing: Spacing) -> Vec<usize> {
+    let num_timesteps = schedule.num_timesteps;
     let n = n.clamp(1, num_timesteps);
     let last = (num_timesteps - 1) as f64;
-    let mut v: Vec<usize> = (0..n)
-        .map(|k| {
-            let f = if n == 1 {
-                0.0
-            } else {
-                k as f64 / (n - 1) as f64
-            };
-            let x = match spacing {
-                Spacing::Linear => last * f,
-                Spacing::Quadratic => last * f * f,
-            };
-            x.round() as usize
-        })
-        .collect();
+    let frac = |k: usize| {
+        if n == 1 {
+            0.0
+        } else {
+            k as f64 / (n - 1) as f64
+        }
+    };
+    let mut v: Vec<usize> = match spacing {
+        Spacing::Linear => (0..n).map(|k| (last * frac(k)).round() as usize).collect(),
+        Spacing::Quadratic => (0..n)
+            .map(|k| (last * frac(k) * frac(k)).round() as usize)
+            .collect(),
+        Spacing::Karras => {
+            let log_sigma: Vec<f64> = schedule
+                .alphas_cumprod
+                .iter()
+                .map(|a| 0.5 * ((1.0 - a) / a).ln())
+                .collect();
+            let (lo, hi) = (log_sigma[0].exp(), log_sigma[num_timesteps - 1].exp());
+            let inv = 1.0 / KARRAS_RHO;
+            // Increasing σ (k = 0 is σ_min), so the pass below works from t ≈ 0 upwards.
+            (0..n)
+                .map(|k| {
+                    // One step is taken at t = 0, as for the other spacings.
+                    let f = if n == 1 { 1.0 } else { frac(n - 1 - k) };
+                    let sigma = (hi.powf(inv) + f * (lo.powf(inv) - hi.powf(inv))).powf(KARRAS_RHO);
+                    let ls = sigma.ln();
+                    // log σ increases with t: binary search for the nearest index.
+                    let p = log_sigma.partition_point(|&x| x < ls);
+                    match p {
+                        0 => 0,
+                        p if p >= num_timesteps => num_timesteps - 1,
+                        p if (log_sigma[p] - ls) < (ls - log_sigma[p - 1]) => p,
+                        p => p - 1,
+                    }
+                })
+                .collect()
+        }
+    };
     for k in 1..n {
         v[k] = v[k].max(v[k - 1] + 1);
     }
-    // Crowding is at the start, so the pass cannot push the end past T−1 for n ≤ T; guard anyway.
+    // Crowding is at the start, so the pass cannot push the end past T−1 unless the spacing put
+    // many steps at the top; then fall back to the linear spacing.
     if v[n - 1] > num_timesteps - 1 {
-        return timestep_subsequence(num_timesteps, n, Spacing::Linear);
+        return timestep_subsequence(schedule, n, Spacing::Linear);
     }
     v.reverse();
     v
@@ -86,38 +122,42 @@ impl Sampler for Ddim {
         &self.timesteps
     }
 
-    fn step(
-        &self,
-        diffusion: &GaussianDiffusion,
-        x_t: Tensor<4>,
-        k: usize,
-        eps: Tensor<4>,
-        guide: Option<Tensor<4>>,
-        noise: &mut NoiseSource,
-    ) -> StepOutput {
-        let (a_t, a_next) = self.alphas(diffusion, k);
-        // Classifier guidance (Dhariwal & Nichol 2021, Alg. 2): ε̂ = ε − s·√(1−ᾱ_t)·∇ log p_φ(y|x_t).
-        let eps = match guide {
-            Some(g) => eps - g.mul_scalar((1.0 - a_t).sqrt()),
-            None => eps,
-        };
-        let mut x0 =
-            (x_t.clone() - eps.clone().mul_scalar((1.0 - a_t).sqrt())).div_scalar(a_t.sqrt());
-        let mut eps = eps;
-        if self.clip_x0 {
-            x0 = x0.clamp(-1.0, 1.0);
-            // Keep ε consistent with the clipped x̂₀, as the reference DDIM code does.
-            eps = (x_t.clone() - x0.clone().mul_scalar(a_t.sqrt())).div_scalar((1.0 - a_t).sqrt());
-        }
+    fn step(&self, ctx: &mut StepContext<'_>, x_t: Tensor<4>, k: usize) -> StepOutput {
+        let (a_t, a_next) = self.alphas(ctx.diffusion, k);
+        // Classifier guidance enters in ε form (Dhariwal & Nichol 2021, Alg. 2).
+        let out = ctx.predict_guided_eps(x_t.clone(), self.timesteps[k]);
+        let (x0, eps) = clipped_x0_eps(&x_t, out.pred_x0, out.eps, a_t, self.clip_x0);
         let sigma =
             self.eta * ((1.0 - a_next) / (1.0 - a_t)).sqrt() * (1.0 - a_t / a_next).max(0.0).sqrt();
         let dir = (1.0 - a_next - sigma * sigma).max(0.0).sqrt();
         let mut prev = x0.clone().mul_scalar(a_next.sqrt()) + eps.mul_scalar(dir);
         if sigma > 0.0 {
-            prev = prev + noise.normal(x_t.dims(), &x_t.device()).mul_scalar(sigma);
+            prev = prev
+                + ctx
+                    .noise
+                    .normal(x_t.dims(), &x_t.device())
+                    .mul_scalar(sigma);
         }
         StepOutput { prev, pred_x0: x0 }
     }
+}
+
+/// x̂₀ clipped to [−1, 1] when asked, with ε̂ made consistent with the clipped x̂₀ as the
+/// reference DDIM code does (ε̂ = (x_t − √ᾱ_t x̂₀)/√(1−ᾱ_t)); shared by the deterministic
+/// samplers.
+pub fn clipped_x0_eps(
+    x_t: &Tensor<4>,
+    x0: Tensor<4>,
+    eps: Tensor<4>,
+    a_t: f64,
+    clip: bool,
+) -> (Tensor<4>, Tensor<4>) {
+    if !clip {
+        return (x0, eps);
+    }
+    let x0 = x0.clamp(-1.0, 1.0);
+    let eps = (x_t.clone() - x0.clone().mul_scalar(a_t.sqrt())).div_scalar((1.0 - a_t).sqrt());
+    (x0, eps)
 }
 
 /// Deterministic DDIM inversion (η = 0 run forward, Song et al. 2021 §4.3): maps data x_0 to
@@ -125,7 +165,7 @@ impl Sampler for Ddim {
 /// Each step evaluates ε_θ at the next (noisier) timestep, as diffusers' `DDIMInverseScheduler`.
 pub fn ddim_encode(
     diffusion: &GaussianDiffusion,
-    model: &dyn crate::diffusion::EpsModel,
+    model: &dyn crate::diffusion::Denoiser,
     x0: Tensor<4>,
     timesteps: &[usize],
     mut on_step: impl FnMut(usize),
@@ -138,7 +178,9 @@ pub fn ddim_encode(
     let mut x = x0;
     let mut a_cur = 1.0f64;
     for (k, &t) in up.iter().enumerate() {
-        let eps = model.predict_eps(x.clone(), &vec![t; batch]);
+        // The model is evaluated at the next (noisier) index t, as diffusers' inverse scheduler.
+        let out = diffusion.predict(model, x.clone(), &vec![t; batch], None);
+        let eps = out.eps;
         let x0_hat = (x - eps.clone().mul_scalar((1.0 - a_cur).sqrt())).div_scalar(a_cur.sqrt());
         let a_next = ac[t];
         x = x0_hat.mul_scalar(a_next.sqrt()) + eps.mul_scalar((1.0 - a_next).sqrt());
@@ -175,12 +217,14 @@ pub fn slerp(a: &[f32], b: &[f32], frac: f64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::BetaSchedule;
 
     #[test]
     fn subsequences_have_exactly_n_distinct_steps_from_t_minus_1_to_0() {
-        for spacing in [Spacing::Linear, Spacing::Quadratic] {
+        let sched = NoiseSchedule::new(&BetaSchedule::linear(), 1000);
+        for spacing in [Spacing::Linear, Spacing::Quadratic, Spacing::Karras] {
             for n in [1usize, 2, 10, 20, 50, 100, 999, 1000] {
-                let ts = timestep_subsequence(1000, n, spacing);
+                let ts = timestep_subsequence(&sched, n, spacing);
                 assert_eq!(ts.len(), n, "{spacing:?} {n}");
                 assert!(
                     ts.windows(2).all(|w| w[0] > w[1]),
@@ -193,8 +237,21 @@ mod tests {
             }
         }
         // Quadratic spacing is denser near t = 0 than linear.
-        let q = timestep_subsequence(1000, 50, Spacing::Quadratic);
-        let l = timestep_subsequence(1000, 50, Spacing::Linear);
+        let q = timestep_subsequence(&sched, 50, Spacing::Quadratic);
+        let l = timestep_subsequence(&sched, 50, Spacing::Linear);
         assert!(q[48] < l[48]);
+        // Karras spacing: log σ steps shrink towards σ_min (ρ = 7) and the ends are σ_max, σ_min.
+        let k = timestep_subsequence(&sched, 10, Spacing::Karras);
+        let ls = |i: usize| 0.5 * ((1.0 - sched.alphas_cumprod[i]) / sched.alphas_cumprod[i]).ln();
+        let gaps: Vec<f64> = k.windows(2).map(|w| ls(w[0]) - ls(w[1])).collect();
+        assert!(gaps[0] < gaps[8], "{k:?}: log-σ gaps {gaps:?}");
+        // The 2nd point is exactly (σ_max^{1/7} + (σ_min^{1/7} − σ_max^{1/7})/9)^7, to the nearest index.
+        let (smax, smin) = (ls(999).exp(), ls(0).exp());
+        let s1 =
+            (smax.powf(1.0 / 7.0) + (smin.powf(1.0 / 7.0) - smax.powf(1.0 / 7.0)) / 9.0).powf(7.0);
+        let best = (0..1000)
+            .min_by(|&a, &b| (ls(a) - s1.ln()).abs().total_cmp(&(ls(b) - s1.ln()).abs()))
+            .unwrap();
+        assert_eq!(k[1], best);
     }
 }

@@ -1,4 +1,4 @@
-//! Classifier guidance (Dhariwal & Nichol 2021; theory.md §7): steer sampling towards class y
+//! Classifier guidance (Dhariwal & Nichol 2021; docs/math.md §13): steer sampling towards class y
 //! with the gradient of a noisy-image classifier, `∇_{x_t} log p_φ(y | x_t)`.
 //!
 //! The samplers apply it: ancestral sampling shifts the mean by `s·σ_t²·∇`, DDIM replaces ε by

@@ -6,11 +6,15 @@
 //!                                      optimizer.safetensors (adam_m.*, adam_v.*), state.json
 //! RUN/checkpoints/latest               name of the newest complete checkpoint
 //! RUN/samples/step-0001000.png         preview grids from the EMA weights
-//! RUN/log.csv                          step, loss, lr, grad_norm, images/s, wall time
+//! RUN/log.csv                          step, loss, … (the task's columns), wall time
+//! RUN/loss.png                         the loss column of log.csv, redrawn at every checkpoint
+//! RUN/checkpoints/damaged-step-0002000 a checkpoint found unreadable on resume, set aside
 //! ```
 //! A checkpoint is written into a temporary folder, every file fsynced, then renamed into place;
 //! only then is `latest` replaced (also atomically). Killing the process at any moment leaves
-//! the previous checkpoint intact and `latest` pointing at a complete one.
+//! the previous checkpoint intact and `latest` pointing at a complete one. Should a checkpoint
+//! still be damaged later (a truncated copy, a disk error), resuming passes over it to the
+//! newest one that reads completely ([`load_newest_intact`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,46 +24,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::optim::TrainState;
-use crate::diffusion::DiffusionConfig;
-use crate::model::UNetConfig;
 use crate::tensorfile::{f32_tensors_to_bytes, read_f32_tensors, sync_dir, write_atomic};
-
-use super::trainer::TrainConfig;
-
-/// Everything needed to rebuild model, diffusion and data of a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    /// The network.
-    pub model: UNetConfig,
-    /// The diffusion process.
-    pub diffusion: DiffusionConfig,
-    /// Data and optimisation.
-    pub train: TrainConfig,
-}
-
-impl RunConfig {
-    /// Reads `RUN/config.json`.
-    pub fn load(run: &Path) -> Result<Self> {
-        let p = run.join("config.json");
-        let text = fs::read_to_string(&p).with_context(|| {
-            format!(
-                "{}: cannot read (is {} a run directory?)",
-                p.display(),
-                run.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid run config", p.display()))
-    }
-
-    /// Writes `RUN/config.json` atomically.
-    pub fn save(&self, run: &Path) -> Result<()> {
-        fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-        write_atomic(
-            &run.join("config.json"),
-            serde_json::to_string_pretty(self)?.as_bytes(),
-        )
-    }
-}
 
 /// Scalar state saved with every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -90,19 +55,6 @@ impl CheckpointMeta {
             loss: f64::NAN,
         }
     }
-}
-
-/// A step progress bar for a training loop (`label` names the loop), starting at `step`.
-pub fn step_progress_bar(label: &str, target: u64, step: u64) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(if target == u64::MAX { 0 } else { target });
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {label} [{{elapsed_precise}} < {{eta_precise}}] {{bar:30}} step {{pos}}/{{len}} {{msg}}"
-        ))
-        .unwrap(),
-    );
-    pb.set_position(step);
-    pb
 }
 
 /// Folder name of the checkpoint at `step`.
@@ -280,4 +232,128 @@ pub fn load_checkpoint(
         },
         meta,
     ))
+}
+
+/// The step of a checkpoint folder name (`step-0001000` → 1000).
+pub fn checkpoint_step(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step-")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Every checkpoint folder of a run (`checkpoints/step-N`), newest first; temporary folders
+/// of interrupted saves and set-aside damaged ones are not included.
+pub fn list_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = run.join("checkpoints");
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            checkpoint_step(&name).map(|s| (s, e.path()))
+        })
+        .collect();
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
+    Ok(out)
+}
+
+/// Checks a checkpoint folder completely: `state.json`, and every tensor of the three weight
+/// files against `layout`; its step must match the folder name.
+pub fn check_checkpoint(dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<CheckpointMeta> {
+    let (_, meta) = load_checkpoint(dir, layout)?;
+    verify_step(dir, &meta)?;
+    Ok(meta)
+}
+
+fn verify_step(dir: &Path, meta: &CheckpointMeta) -> Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if let Some(s) = checkpoint_step(name) {
+        ensure!(
+            s == meta.step,
+            "{}: says step {} but the folder is {name}",
+            dir.join("state.json").display(),
+            meta.step
+        );
+    }
+    Ok(())
+}
+
+/// The checkpoint a run resumes from: the newest that loads completely.
+pub struct Resumable {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Weights, EMA, moments, step.
+    pub state: TrainState,
+    /// Its scalar state.
+    pub meta: CheckpointMeta,
+    /// Newer checkpoint folders that could not be read, with what was wrong (newest first).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Loads the newest checkpoint of `run` that reads completely against `layout`, passing over
+/// newer ones that are damaged (truncated or corrupt tensor files, unreadable `state.json`).
+/// When none loads, the error lists every checkpoint and its problem.
+pub fn load_newest_intact(run: &Path, layout: &[(String, Vec<usize>)]) -> Result<Resumable> {
+    let all = list_checkpoints(run)?;
+    ensure!(
+        !all.is_empty(),
+        "{}: no checkpoint to resume from",
+        run.join("checkpoints").display()
+    );
+    let mut skipped = Vec::new();
+    for (_, dir) in all {
+        let loaded = load_checkpoint(&dir, layout)
+            .and_then(|(state, meta)| verify_step(&dir, &meta).map(|_| (state, meta)));
+        match loaded {
+            Ok((state, meta)) => {
+                return Ok(Resumable {
+                    dir,
+                    state,
+                    meta,
+                    skipped,
+                });
+            }
+            Err(e) => skipped.push((dir, format!("{e:#}"))),
+        }
+    }
+    let list: Vec<String> = skipped
+        .iter()
+        .map(|(d, e)| format!("  {}: {e}", d.display()))
+        .collect();
+    bail!(
+        "no checkpoint of {} can be read:\n{}",
+        run.display(),
+        list.join("\n")
+    )
+}
+
+/// Moves a damaged checkpoint folder to `checkpoints/damaged-step-N` (or `…-2`, `…-3` when
+/// taken), out of the way of resuming and pruning but kept for inspection.
+pub fn set_aside(dir: &Path) -> Result<PathBuf> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("step");
+    let mut target = parent.join(format!("damaged-{name}"));
+    let mut k = 2;
+    while target.exists() {
+        target = parent.join(format!("damaged-{name}-{k}"));
+        k += 1;
+    }
+    fs::rename(dir, &target)
+        .with_context(|| format!("moving {} to {}", dir.display(), target.display()))?;
+    sync_dir(parent);
+    Ok(target)
+}
+
+/// Points `RUN/checkpoints/latest` at the checkpoint folder `dir` (atomically).
+pub fn point_latest_at(run: &Path, dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a checkpoint folder", dir.display()))?;
+    write_atomic(&run.join("checkpoints").join("latest"), name.as_bytes())
 }

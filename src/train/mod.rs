@@ -1,10 +1,20 @@
-//! Training: the loop of Algorithm 1, the fused optimiser step, and run folders/checkpoints.
+//! Training: one loop shared by every task ([`session`]), the diffusion model's step
+//! (Algorithm 1, [`trainer`]) and the guidance classifier's ([`classifier`]), the fused
+//! optimiser step, run configurations, checkpoints, and opening finished runs ([`Run`]).
+//!
+//! Modules depend one way: `session` uses `config`, `optim` and `checkpoint`; `trainer` and
+//! `classifier` use `session`; `run` reads what they write.
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod config;
 pub mod optim;
+pub mod run;
+pub mod session;
 pub mod trainer;
 
-pub use checkpoint::RunConfig;
+pub use config::{ClassifierRunConfig, RunConfig, TaskConfig, TrainConfig, default_run_config};
 pub use optim::OptimConfig;
-pub use trainer::{TrainConfig, Trainer, load_run_model};
+pub use run::{Run, RunKind};
+pub use session::{Session, Task, TrainSummary};
+pub use trainer::Trainer;

@@ -1,0 +1,90 @@
+//! Which implementation runs the model's convolutions, normalisations and pools: chosen once
+//! by the caller ([`set_policy`]; the CLI's `--kernels`), not read from the environment.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The kernels [`super::conv2d`], [`super::group_norm`] and the pools run on the CPU backend.
+/// Other devices (wgpu) always use burn's ops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelPolicy {
+    /// This crate's kernels; each convolution picks its algorithm: the direct kernel for
+    /// stride-1 layers small enough for it to win (with AVX-512), im2col + GEMM otherwise
+    /// (BENCHMARKS.md has the measurements behind the limits).
+    #[default]
+    Auto,
+    /// This crate's kernels, every convolution as im2col + GEMM.
+    Gemm,
+    /// This crate's kernels, the direct kernel for every stride-1 convolution whatever its
+    /// size (where AVX-512 is available; GEMM otherwise).
+    Direct,
+    /// burn's own ops everywhere (the "before" of BENCHMARKS.md).
+    Burn,
+}
+
+impl KernelPolicy {
+    /// Every policy, in the order of [`KernelPolicy::name`]'s documentation.
+    pub const ALL: [KernelPolicy; 4] = [
+        KernelPolicy::Auto,
+        KernelPolicy::Gemm,
+        KernelPolicy::Direct,
+        KernelPolicy::Burn,
+    ];
+
+    /// `auto`, `gemm`, `direct` or `burn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPolicy::Auto => "auto",
+            KernelPolicy::Gemm => "gemm",
+            KernelPolicy::Direct => "direct",
+            KernelPolicy::Burn => "burn",
+        }
+    }
+}
+
+impl fmt::Display for KernelPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KernelPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        KernelPolicy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown kernel policy `{s}` (auto, gemm, direct or burn)"))
+    }
+}
+
+static POLICY: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the kernel policy for the whole process (default [`KernelPolicy::Auto`]). Set it once
+/// at start-up: tensors computed before and after a change used different kernels.
+pub fn set_policy(policy: KernelPolicy) {
+    let i = KernelPolicy::ALL.iter().position(|p| *p == policy).unwrap();
+    POLICY.store(i as u8, Ordering::Relaxed);
+}
+
+/// The kernel policy in force.
+pub fn policy() -> KernelPolicy {
+    KernelPolicy::ALL[POLICY.load(Ordering::Relaxed) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for p in KernelPolicy::ALL {
+            assert_eq!(p.name().parse::<KernelPolicy>(), Ok(p));
+        }
+        let err = "fast".parse::<KernelPolicy>().unwrap_err();
+        assert!(err.contains("fast") && err.contains("burn"), "{err}");
+        assert_eq!(KernelPolicy::default(), KernelPolicy::Auto);
+    }
+}
