@@ -28,12 +28,15 @@ def reference_io(model: UNet2DModel, dest: Path, num_timesteps: int, seed: int) 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(4, c.in_channels, c.sample_size, c.sample_size, generator=g)
     t = torch.tensor([0, 10, num_timesteps // 2, num_timesteps - 1])
+    io = {"x": x.contiguous(), "t": t.to(torch.float32)}
+    y = None
+    if c.num_class_embeds:
+        y = torch.tensor([0, 1, 2, c.num_class_embeds - 1])
+        io["y"] = y.to(torch.float32)
     with torch.no_grad():
-        eps = model(x, t).sample
-    save_file(
-        {"x": x.contiguous(), "t": t.to(torch.float32), "eps": eps.contiguous()},
-        str(dest / "reference_io.safetensors"),
-    )
+        eps = model(x, t, class_labels=y).sample
+    io["eps"] = eps.contiguous()
+    save_file(io, str(dest / "reference_io.safetensors"))
     return float(eps.abs().max())
 
 
@@ -65,12 +68,14 @@ def main() -> None:
     shutil.copy(exported / "reference_io.safetensors", exported_bin)
     print(f"wrote {exported_bin} (diffusion_pytorch_model.bin)")
 
-    # A model born in diffusers: 3 levels, attention in the middle one, 1 channel, cosine β.
+    # A model born in diffusers: 3 levels, attention in the middle one, 1 channel, cosine β,
+    # 5 class-embedding rows, a learned variance (2 output channels), v-prediction.
     torch.manual_seed(1)
     born = UNet2DModel(
         sample_size=16,
         in_channels=1,
-        out_channels=1,
+        out_channels=2,
+        num_class_embeds=5,
         block_out_channels=(32, 64, 64),
         layers_per_block=2,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
@@ -82,8 +87,11 @@ def main() -> None:
         downsample_padding=0,
         attention_head_dim=None,
     ).eval()
+    with torch.no_grad():
+        for p in born.parameters():  # norms, biases and the zero-initialised layers matter too
+            p.add_(0.02 * torch.randn_like(p))
     born_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                               variance_type="fixed_small")
+                               variance_type="learned_range", prediction_type="v_prediction")
     pipe = work / "born"
     born.save_pretrained(pipe / "unet")
     born_sched.save_pretrained(pipe / "scheduler")

@@ -816,7 +816,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(DiffusersModel, UNet)> {
     };
     if let Some(n) = config.num_class_embeds {
         notes.push(format!(
-            "class-conditional: ddpm reads the last of the {n} class-embedding rows as the null label ∅ of classifier-free guidance, so classes 0..{} are the conditional ones",
+            "class-conditional: ddpm reads the last of the {n} class-embedding rows as the null label ∅ of classifier-free guidance, leaving {} conditional classes",
             n.saturating_sub(1)
         ));
     }

@@ -462,8 +462,13 @@ fn diffusers_reference_io_when_given() {
             .fold(0f32, f32::max)
     };
     let scale = eps.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // Class labels, for class-conditional models.
+    let y: Option<Vec<usize>> = io
+        .iter()
+        .find(|(k, _, _)| k == "y")
+        .map(|(_, _, v)| v.iter().map(|&l| l as usize).collect());
     let (_, model) = diffusers::load_diffusers_unet(&dir, &device).unwrap();
-    let err = max_abs(model.forward(input(), &t, false));
+    let err = max_abs(model.forward_with(input(), &t, y.as_deref(), false));
     println!(
         "{} ({}): t = {t:?}, max |eps| = {scale:.3}, max |eps_ddpm - eps_diffusers| = {err:.3e}",
         dir.display(),
@@ -472,7 +477,7 @@ fn diffusers_reference_io_when_given() {
     assert!(err <= 1e-4, "{err}");
     if let Some(run) = std::env::var_os("DDPM_INTEROP_RUN").map(std::path::PathBuf::from) {
         let (_, model, step) = load_run_model(&run, &device, true).unwrap();
-        let err = max_abs(model.forward(input(), &t, false));
+        let err = max_abs(model.forward_with(input(), &t, y.as_deref(), false));
         println!(
             "run {} (step {step}, EMA): max |eps_ddpm - eps_diffusers| = {err:.3e}",
             run.display()
