@@ -32,6 +32,7 @@
 //! ```
 
 pub mod data;
+pub mod diffusers;
 pub mod diffusion;
 pub mod image;
 pub mod kernels;
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod noise;
 pub mod oracle;
+pub mod output;
 pub mod params;
 pub mod sampling;
 pub mod schedule;

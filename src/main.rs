@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use cli::classifier::*;
 use cli::eval::*;
+use cli::interop::*;
 use cli::latent::*;
 use cli::prelude::pick_device;
 use cli::{bench::*, demo::*, fid::*, inspect::*, sample::*, train::*};
@@ -66,6 +67,10 @@ enum Command {
     Encode(EncodeArgs),
     /// Decode spherical interpolations between the latents of two images (strip PNG + GIF).
     Interpolate(InterpolateArgs),
+    /// Make a run folder from a diffusers UNet2DModel folder (DDPM configuration).
+    Import(ImportArgs),
+    /// Write a run's weights as a diffusers UNet2DModel folder (+ scheduler_config.json).
+    Export(ExportArgs),
 }
 
 fn main() {
@@ -101,5 +106,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classifier(ClassifierCommand::Eval(a)) => cmd_classifier_eval(a, &device),
         Command::Encode(a) => cmd_encode(a, &device),
         Command::Interpolate(a) => cmd_interpolate(a, &device),
+        Command::Import(a) => cmd_import(a),
+        Command::Export(a) => cmd_export(a),
     }
 }

@@ -13,6 +13,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::tensorfile::{bf16_to_f32, f16_to_f32};
+
 /// A decoded pickle value (only the shapes TorchScript archives produce). Scalars are kept
 /// whole (and shown by `Debug` in errors) even where only their presence matters.
 #[derive(Clone, Debug)]
@@ -338,7 +340,7 @@ fn walk(v: &Val, path: &mut Vec<String>, out: &mut Vec<(String, TensorRef)>) {
 }
 
 /// The entries of a ZIP archive (stored or deflated), by name.
-fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
+pub(crate) fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
     let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]) as usize;
     let u32_at = |p: usize| u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize;
     ensure!(
@@ -370,6 +372,11 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
         let usize_ = u32_at(p + 24);
         let (nlen, xlen, clen) = (u16_at(p + 28), u16_at(p + 30), u16_at(p + 32));
         let local = u32_at(p + 42);
+        ensure!(
+            p + 46 + nlen <= bytes.len(),
+            "{}: corrupt ZIP directory",
+            path.display()
+        );
         let name = String::from_utf8_lossy(&bytes[p + 46..p + 46 + nlen]).to_string();
         p += 46 + nlen + xlen + clen;
         ensure!(
@@ -420,9 +427,11 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<Vec<crate::tensorfile::Na
     walk(&obj, &mut Vec::new(), &mut found);
     let mut out = Vec::with_capacity(found.len());
     for (name, t) in found {
-        let width = match t.dtype.rsplit('.').next().unwrap_or("") {
+        let kind = t.dtype.rsplit('.').next().unwrap_or("");
+        let width = match kind {
             "FloatStorage" => 4,
             "DoubleStorage" => 8,
+            "HalfStorage" | "BFloat16Storage" => 2,
             _ => continue, // integer buffers (e.g. num_batches_tracked) are not weights
         };
         let storage = entries
@@ -449,18 +458,24 @@ pub fn read_torchscript_tensors(path: &Path) -> Result<Vec<crate::tensorfile::Na
         );
         let vals: Vec<f32> = storage[start..start + n * width]
             .chunks_exact(width)
-            .map(|c| {
-                if width == 4 {
-                    f32::from_le_bytes(c.try_into().unwrap())
-                } else {
-                    f64::from_le_bytes(c.try_into().unwrap()) as f32
-                }
+            .map(|c| match (width, kind) {
+                (4, _) => f32::from_le_bytes(c.try_into().unwrap()),
+                (8, _) => f64::from_le_bytes(c.try_into().unwrap()) as f32,
+                (_, "HalfStorage") => f16_to_f32(u16::from_le_bytes([c[0], c[1]])),
+                _ => bf16_to_f32(u16::from_le_bytes([c[0], c[1]])),
             })
             .collect();
         out.push((name, t.size.clone(), vals));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// Every float tensor of a `torch.save` ZIP archive (PyTorch ≥ 1.6, e.g. a state dict saved as
+/// `diffusion_pytorch_model.bin`) as (name, shape, values), sorted by name: the names are the
+/// dictionary keys. Half and bfloat16 tensors are widened to f32.
+pub fn read_torch_save_tensors(path: &Path) -> Result<Vec<crate::tensorfile::NamedTensor>> {
+    read_torchscript_tensors(path)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use ddpm::data::{self, Split, cifar, folder, idx};
 
+mod common;
+
 fn idx_bytes(dims: &[u32], payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0, 0, 8, dims.len() as u8];
     for d in dims {
@@ -174,11 +176,9 @@ fn image_folders_with_classes_alpha_and_resizing() {
 
 #[test]
 fn emoji_folder_when_present() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emoji/png64");
-    if !dir.exists() {
-        println!("SKIP: {} is absent", dir.display());
+    let Some(dir) = common::fixture("emoji/png64") else {
         return;
-    }
+    };
     let set = folder::open(&dir, Some(32)).unwrap();
     assert_eq!((set.len(), set.channels, set.height), (3786, 3, 32));
 }
@@ -191,11 +191,10 @@ fn builtin_mnist5k_matches_its_source() {
     for c in 0..10 {
         assert_eq!(labels.iter().filter(|&&l| l == c).count(), 500);
     }
-    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist-5k/mnist_5k.csv.gz");
-    if !csv.exists() {
-        println!("SKIP: {} is absent; compared counts only", csv.display());
+    let Some(csv) = common::fixture("mnist-5k/mnist_5k.csv.gz") else {
+        println!("compared counts only");
         return;
-    }
+    };
     let text = String::from_utf8(idx::read_maybe_gz(&csv).unwrap()).unwrap();
     for (i, line) in text.lines().enumerate() {
         let v: Vec<u8> = line.split(',').map(|x| x.trim().parse().unwrap()).collect();
@@ -218,4 +217,201 @@ fn fashion_mnist_when_installed() {
     assert_eq!((train.len(), test.len()), (60000, 10000));
     let l = test.labels.unwrap();
     assert!((0..10).all(|c| l.iter().filter(|&&x| x == c).count() == 1000));
+}
+
+#[test]
+fn idx_common_names_dashed_dotted_raw_gzipped() {
+    let px: Vec<u8> = (0..2 * 2 * 3).map(|i| i as u8 * 7).collect();
+    let images = idx_bytes(&[2, 2, 3], &px);
+    let labels = idx_bytes(&[2], &[4, 9]);
+    for (img_name, lab_name, split) in [
+        (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            Split::Train,
+        ),
+        (
+            "train-images.idx3-ubyte",
+            "train-labels.idx1-ubyte",
+            Split::Train,
+        ),
+        (
+            "train-images.idx3-ubyte.gz",
+            "train-labels.idx1-ubyte.gz",
+            Split::Train,
+        ),
+        (
+            "t10k-images.idx3-ubyte",
+            "t10k-labels.idx1-ubyte.gz",
+            Split::Test,
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte",
+            Split::Test,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = |b: &[u8], name: &str| {
+            if name.ends_with(".gz") {
+                gz(b)
+            } else {
+                b.to_vec()
+            }
+        };
+        write(&dir.path().join(img_name), &enc(&images, img_name));
+        write(&dir.path().join(lab_name), &enc(&labels, lab_name));
+        assert!(idx::looks_like_idx_dir(dir.path()), "{img_name}");
+        // Through the auto-detecting entry point, as `--data DIR` does.
+        let set = data::open(dir.path().to_str().unwrap(), split, None).unwrap();
+        assert_eq!((set.len(), set.height, set.width), (2, 2, 3), "{img_name}");
+        assert_eq!(set.image(1), &px[6..], "{img_name}");
+        assert_eq!(set.labels, Some(vec![4, 9]), "{img_name}");
+    }
+}
+
+#[test]
+fn idx_images_file_given_directly_finds_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let px: Vec<u8> = (0..3 * 2 * 2).map(|i| 255 - i as u8).collect();
+    let img = dir.path().join("train-images.idx3-ubyte.gz");
+    write(&img, &gz(&idx_bytes(&[3, 2, 2], &px)));
+    write(
+        &dir.path().join("train-labels.idx1-ubyte"),
+        &idx_bytes(&[3], &[0, 5, 2]),
+    );
+    for spec in [
+        img.to_str().unwrap().to_string(),
+        format!("mnist:{}", img.display()),
+    ] {
+        // The file is the split: Test is not a reason to look elsewhere.
+        let set = data::open(&spec, Split::Test, None).unwrap();
+        assert_eq!(set.pixels, px, "{spec}");
+        assert_eq!(set.labels, Some(vec![0, 5, 2]), "{spec}");
+        assert_eq!(set.class_names.len(), 10);
+    }
+    // Without labels beside it: unlabelled.
+    let lone = dir.path().join("my-digits-idx3-ubyte");
+    write(&lone, &idx_bytes(&[1, 2, 2], &px[..4]));
+    let set = data::open(lone.to_str().unwrap(), Split::Train, None).unwrap();
+    assert_eq!((set.len(), set.labels), (1, None));
+    // A file that is not IDX: named, with what would have been accepted.
+    let txt = dir.path().join("notes.txt");
+    write(&txt, b"hello");
+    let err = format!(
+        "{:#}",
+        data::open(txt.to_str().unwrap(), Split::Train, None).unwrap_err()
+    );
+    assert!(
+        err.contains("notes.txt") && err.contains("not an IDX images file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_data_lists_every_name_looked_for() {
+    // Training files only, test split asked for.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("train-images.idx3-ubyte"),
+        &idx_bytes(&[1, 1, 1], &[0]),
+    );
+    let err = format!(
+        "{:#}",
+        data::open(dir.path().to_str().unwrap(), Split::Test, None).unwrap_err()
+    );
+    for name in idx::idx_names("t10k", "images") {
+        assert!(err.contains(&name), "{name} missing from {err}");
+    }
+    // Nothing recognisable: IDX names of both splits, CIFAR-10 batches, images, and what was
+    // skipped.
+    let empty = tempfile::tempdir().unwrap();
+    write(&empty.path().join("readme.txt"), b"x");
+    let err = format!(
+        "{:#}",
+        data::open(empty.path().to_str().unwrap(), Split::Train, None).unwrap_err()
+    );
+    for name in idx::idx_names("train", "images")
+        .into_iter()
+        .chain(idx::idx_names("t10k", "images"))
+        .chain([
+            "data_batch_1.bin".into(),
+            "test_batch.bin".into(),
+            "PNG/JPEG".into(),
+        ])
+    {
+        assert!(err.contains(&name), "{name} missing from {err}");
+    }
+    assert!(err.contains("1 not PNG/JPEG (readme.txt)"), "{err}");
+}
+
+#[test]
+fn image_folder_reports_what_it_skipped() {
+    let png = |p: &Path| {
+        image::GrayImage::from_pixel(4, 4, image::Luma([10]))
+            .save(p)
+            .unwrap()
+    };
+    // Unlabelled: images directly in the folder; other files and folders are skipped.
+    let dir = tempfile::tempdir().unwrap();
+    png(&dir.path().join("a.png"));
+    png(&dir.path().join("b.PNG"));
+    write(&dir.path().join("notes.txt"), b"x");
+    write(&dir.path().join(".DS_Store"), b"x");
+    std::fs::create_dir(dir.path().join("extra")).unwrap();
+    // A dangling symbolic link (an image name whose target is gone).
+    std::os::unix::fs::symlink(dir.path().join("gone.png"), dir.path().join("link.png")).unwrap();
+    let (set, skipped) = folder::open_report(dir.path(), None).unwrap();
+    assert_eq!(set.len(), 2);
+    let reasons: Vec<(String, folder::SkipReason)> = skipped
+        .iter()
+        .map(|k| {
+            (
+                k.path.file_name().unwrap().to_string_lossy().to_string(),
+                k.reason.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                "link.png".into(),
+                folder::SkipReason::Unreadable("No such file or directory (os error 2)".into())
+            ),
+            (".DS_Store".into(), folder::SkipReason::NotAnImage),
+            ("notes.txt".into(), folder::SkipReason::NotAnImage),
+            ("extra".into(), folder::SkipReason::IgnoredFolder),
+        ]
+    );
+    assert_eq!(
+        folder::skip_summary(&skipped).unwrap(),
+        "skipped 4 entries: 2 not PNG/JPEG (.DS_Store, notes.txt), 1 unreadable (link.png: No such file or directory (os error 2)), 1 folder not read (extra)"
+    );
+    // Classes: a non-image in a class, an empty class, a nested folder.
+    let dir = tempfile::tempdir().unwrap();
+    for c in ["cat", "dog", "empty"] {
+        std::fs::create_dir(dir.path().join(c)).unwrap();
+    }
+    png(&dir.path().join("cat/1.png"));
+    png(&dir.path().join("dog/1.jpg.png"));
+    write(&dir.path().join("dog/info.json"), b"{}");
+    std::fs::create_dir(dir.path().join("dog/nested")).unwrap();
+    let (set, skipped) = folder::open_report(dir.path(), None).unwrap();
+    assert_eq!(set.class_names, vec!["cat", "dog"]);
+    assert_eq!(set.labels, Some(vec![0, 1]));
+    let summary = folder::skip_summary(&skipped).unwrap();
+    assert_eq!(
+        summary,
+        "skipped 3 entries: 1 not PNG/JPEG (info.json), 1 empty class folder (empty), 1 folder not read (nested)"
+    );
+    // Nothing skipped: no summary.
+    let clean = tempfile::tempdir().unwrap();
+    png(&clean.path().join("x.png"));
+    assert!(
+        folder::open_report(clean.path(), None)
+            .unwrap()
+            .1
+            .is_empty()
+    );
 }

@@ -1,4 +1,5 @@
-//! FID against the reference fixtures in ../shared/data/fid-inception/ (skipped when absent),
+//! FID against the reference fixtures in fid-inception/ of the fixtures (../shared/data, or
+//! $DDPM_FIXTURES from scripts/make-fixtures.sh; skipped when absent),
 //! and precision/recall on synthetic sets with known answers.
 
 use std::path::PathBuf;
@@ -8,16 +9,10 @@ use ddpm::metrics::fid::{FeatureStats, frechet_distance, precision_recall, prepr
 use ddpm::metrics::inception::FidInception;
 use ddpm::tensorfile::read_f32_tensors;
 
+mod common;
+
 fn fixture(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/fid-inception")
-        .join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("SKIP: {} is absent", p.display());
-        None
-    }
+    common::fixture(&format!("fid-inception/{name}"))
 }
 
 fn get(t: &[(String, Vec<usize>, Vec<f32>)], name: &str) -> (Vec<usize>, Vec<f32>) {

@@ -1,5 +1,6 @@
 //! The U-Net against diffusers' UNet2DModel: parameter counts and a forward pass with the
-//! reference weights and outputs in ../shared/data/diffusers-unet/.
+//! reference weights and outputs in diffusers-unet/ of the fixtures (../shared/data, or
+//! $DDPM_FIXTURES from scripts/make-fixtures.sh).
 
 use std::path::PathBuf;
 
@@ -8,14 +9,11 @@ use ddpm::model::UNetConfig;
 use ddpm::model::import::load_diffusers_unet;
 use ddpm::{params, tensorfile};
 
+mod common;
+
 fn fixture_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/diffusers-unet");
-    if dir.join("reference_io.safetensors").exists() {
-        Some(dir)
-    } else {
-        println!("SKIP: {} is absent", dir.display());
-        None
-    }
+    common::fixture("diffusers-unet/reference_io.safetensors")
+        .map(|p| p.parent().unwrap().to_path_buf())
 }
 
 #[test]

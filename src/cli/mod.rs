@@ -7,6 +7,7 @@ pub(crate) mod demo;
 pub(crate) mod eval;
 pub(crate) mod fid;
 pub(crate) mod inspect;
+pub(crate) mod interop;
 pub(crate) mod latent;
 pub(crate) mod sample;
 pub(crate) mod train;

@@ -20,6 +20,13 @@ pub(crate) struct SampleArgs {
     /// Also write the denoising chain as an animated GIF.
     #[arg(long)]
     pub(crate) chain: Option<PathBuf>,
+    /// Also write one PNG per image into this (new or empty) folder: 000000.png, 000001.png, …
+    #[arg(long)]
+    pub(crate) out_dir: Option<PathBuf>,
+    /// Also write the images as NumPy .npz: uint8 N×H×W×C under `arr_0`, the layout
+    /// guided-diffusion's evaluator reads.
+    #[arg(long)]
+    pub(crate) npz: Option<PathBuf>,
     /// Use the raw weights instead of the EMA.
     #[arg(long)]
     pub(crate) raw: bool,
@@ -138,6 +145,21 @@ pub(crate) fn cmd_sample(a: SampleArgs, device: &Device) -> Result<()> {
         true,
     );
     let secs = t0.elapsed().as_secs_f64();
+    if a.out_dir.is_some() || a.npz.is_some() {
+        let (px, dims) = ddpm::image::tensor_to_u8(x.clone());
+        if let Some(dir) = &a.out_dir {
+            let n = ddpm::output::save_pngs(&px, dims, dir)?.len();
+            println!("wrote {n} PNGs to {}", dir.display());
+        }
+        if let Some(p) = &a.npz {
+            ddpm::output::save_npz(&px, dims, p)?;
+            let [n, c, h, w] = dims;
+            println!(
+                "wrote {} (uint8 [{n}, {h}, {w}, {c}] as arr_0)",
+                p.display()
+            );
+        }
+    }
     ddpm::image::save_grid(x, (a.n as f64).sqrt().ceil() as usize, &a.out)?;
     println!(
         "wrote {} ({:.1} s, {:.2} images/s)",

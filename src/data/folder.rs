@@ -20,14 +20,149 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// Why an entry under an image folder was not loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// A file without a .png/.jpg/.jpeg extension (or a hidden file such as `.DS_Store`).
+    NotAnImage,
+    /// An entry that could not be listed or examined (the I/O error).
+    Unreadable(String),
+    /// A class sub-folder without images.
+    EmptyClass,
+    /// A sub-folder that is not read: images directly in the folder make the set unlabelled,
+    /// and class folders are one level deep.
+    IgnoredFolder,
+}
+
+impl SkipReason {
+    fn label(&self) -> &'static str {
+        match self {
+            SkipReason::NotAnImage => "not PNG/JPEG",
+            SkipReason::Unreadable(_) => "unreadable",
+            SkipReason::EmptyClass => "empty class folder",
+            SkipReason::IgnoredFolder => "folder not read",
+        }
+    }
+}
+
+/// An entry of an image folder that was not loaded, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// One line on what was skipped, e.g. `skipped 3 entries: 2 not PNG/JPEG (a.txt, b.gif), 1
+/// unreadable (c.png: permission denied)`; None when nothing was.
+pub fn skip_summary(skipped: &[Skipped]) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for reason in [
+        SkipReason::NotAnImage,
+        SkipReason::Unreadable(String::new()),
+        SkipReason::EmptyClass,
+        SkipReason::IgnoredFolder,
+    ] {
+        let these: Vec<&Skipped> = skipped
+            .iter()
+            .filter(|k| std::mem::discriminant(&k.reason) == std::mem::discriminant(&reason))
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = these
+            .iter()
+            .take(3)
+            .map(|k| {
+                let n = k.path.file_name().map_or_else(
+                    || k.path.display().to_string(),
+                    |f| f.to_string_lossy().to_string(),
+                );
+                match &k.reason {
+                    SkipReason::Unreadable(e) => format!("{n}: {e}"),
+                    _ => n,
+                }
+            })
+            .collect();
+        let more = if these.len() > 3 { ", …" } else { "" };
+        parts.push(format!(
+            "{} {} ({}{more})",
+            these.len(),
+            reason.label(),
+            names.join(", ")
+        ));
+    }
+    Some(format!(
+        "skipped {} entr{}: {}",
+        skipped.len(),
+        if skipped.len() == 1 { "y" } else { "ies" },
+        parts.join(", ")
+    ))
+}
+
+/// The error of a folder without any image to load (with what was skipped).
+#[derive(Debug)]
+pub struct NoImages {
+    /// The folder.
+    pub dir: PathBuf,
+    /// What was skipped.
+    pub skipped: Vec<Skipped>,
+}
+
+impl std::fmt::Display for NoImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: no PNG or JPEG images (directly or in class sub-folders)",
+            self.dir.display()
+        )?;
+        if let Some(s) = skip_summary(&self.skipped) {
+            write!(f, "; {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoImages {}
+
+/// Files and sub-folders of `dir`, sorted; entries that cannot be listed go to `skipped`.
+fn sorted_entries(
+    dir: &Path,
+    skipped: &mut Vec<Skipped>,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
     let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    v.sort();
-    Ok(v)
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    for e in rd {
+        let p = match e {
+            Ok(e) => e.path(),
+            Err(err) => {
+                skipped.push(Skipped {
+                    path: dir.to_path_buf(),
+                    reason: SkipReason::Unreadable(err.to_string()),
+                });
+                continue;
+            }
+        };
+        // Follows symbolic links: a dangling one is unreadable.
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => dirs.push(p),
+            Ok(_) => files.push(p),
+            Err(err) => skipped.push(Skipped {
+                path: p,
+                reason: SkipReason::Unreadable(err.to_string()),
+            }),
+        }
+    }
+    files.sort();
+    dirs.sort();
+    Ok((files, dirs))
 }
 
 /// A decoded image: RGB after compositing alpha on white, and whether it was grey.
@@ -105,35 +240,67 @@ pub fn load_one(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>, Da
     Ok(out)
 }
 
-/// Loads every image under `dir`.
+/// Loads every image under `dir`; prints one line to stderr when entries were skipped
+/// (see [`open_report`]).
 pub fn open(dir: &Path, size: Option<usize>) -> anyhow::Result<ImageSet> {
-    let entries = sorted_entries(dir)?;
-    let classes: Vec<PathBuf> = entries.iter().filter(|p| p.is_dir()).cloned().collect();
-    let mut files: Vec<(PathBuf, Option<u32>)> = entries
-        .iter()
-        .filter(|p| is_image(p))
-        .map(|p| (p.clone(), None))
+    let (set, skipped) = open_report(dir, size)?;
+    if let Some(s) = skip_summary(&skipped) {
+        eprintln!("note: {}: {s}", dir.display());
+    }
+    Ok(set)
+}
+
+/// Loads every image under `dir` and says which entries were skipped and why: files that are
+/// not PNG/JPEG, entries that cannot be listed, class folders without images, folders not read.
+/// An image file that cannot be decoded is an error naming it, not a skip.
+pub fn open_report(dir: &Path, size: Option<usize>) -> anyhow::Result<(ImageSet, Vec<Skipped>)> {
+    let mut skipped = Vec::new();
+    let (top_files, classes) = sorted_entries(dir, &mut skipped)?;
+    let not_images = |files: Vec<PathBuf>, skipped: &mut Vec<Skipped>| -> Vec<PathBuf> {
+        let (imgs, others): (Vec<PathBuf>, Vec<PathBuf>) =
+            files.into_iter().partition(|p| is_image(p));
+        skipped.extend(others.into_iter().map(|path| Skipped {
+            path,
+            reason: SkipReason::NotAnImage,
+        }));
+        imgs
+    };
+    let mut files: Vec<(PathBuf, Option<u32>)> = not_images(top_files, &mut skipped)
+        .into_iter()
+        .map(|p| (p, None))
         .collect();
     let mut class_names = Vec::new();
     if files.is_empty() {
         for c in &classes {
-            let imgs: Vec<PathBuf> = sorted_entries(c)?
-                .into_iter()
-                .filter(|p| is_image(p))
-                .collect();
+            let (class_files, sub) = sorted_entries(c, &mut skipped)?;
+            skipped.extend(sub.into_iter().map(|path| Skipped {
+                path,
+                reason: SkipReason::IgnoredFolder,
+            }));
+            let imgs = not_images(class_files, &mut skipped);
             if imgs.is_empty() {
+                skipped.push(Skipped {
+                    path: c.clone(),
+                    reason: SkipReason::EmptyClass,
+                });
                 continue;
             }
             class_names.push(c.file_name().unwrap().to_string_lossy().to_string());
             let label = (class_names.len() - 1) as u32;
             files.extend(imgs.into_iter().map(|p| (p, Some(label))));
         }
+    } else {
+        skipped.extend(classes.into_iter().map(|path| Skipped {
+            path,
+            reason: SkipReason::IgnoredFolder,
+        }));
     }
     if files.is_empty() {
-        anyhow::bail!(
-            "{}: no PNG or JPEG images (directly or in class sub-folders)",
-            dir.display()
-        );
+        return Err(NoImages {
+            dir: dir.to_path_buf(),
+            skipped,
+        }
+        .into());
     }
     let mut images = Vec::with_capacity(files.len());
     let mut all_grey = true;
@@ -160,15 +327,18 @@ pub fn open(dir: &Path, size: Option<usize>) -> anyhow::Result<ImageSet> {
         push_chw(img, channels, &mut pixels);
     }
     let labelled = files.iter().all(|(_, l)| l.is_some());
-    Ok(ImageSet {
-        name: dir.display().to_string(),
-        channels,
-        height: side,
-        width: side,
-        pixels,
-        labels: labelled.then(|| files.iter().map(|(_, l)| l.unwrap()).collect()),
-        class_names,
-    })
+    Ok((
+        ImageSet {
+            name: dir.display().to_string(),
+            channels,
+            height: side,
+            width: side,
+            pixels,
+            labels: labelled.then(|| files.iter().map(|(_, l)| l.unwrap()).collect()),
+            class_names,
+        },
+        skipped,
+    ))
 }
 
 fn push_chw(img: &RgbImage, channels: usize, out: &mut Vec<u8>) {

@@ -153,34 +153,113 @@ pub fn read_images_labels(
     })
 }
 
-fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [stem.to_string(), format!("{stem}.gz")]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.exists())
+/// The file names IDX data sets are distributed under, for `train`/`t10k` and `images`/`labels`:
+/// dashed (`train-images-idx3-ubyte`, as on Yann LeCun's and Zalando's pages) or dotted
+/// (`train-images.idx3-ubyte`, as in many re-distributions), raw or gzipped.
+pub fn idx_names(prefix: &str, kind: &str) -> Vec<String> {
+    let rank = if kind == "images" { 3 } else { 1 };
+    let mut names = Vec::new();
+    for stem in [
+        format!("{prefix}-{kind}-idx{rank}-ubyte"),
+        format!("{prefix}-{kind}.idx{rank}-ubyte"),
+    ] {
+        names.push(format!("{stem}.gz"));
+        names.push(stem);
+    }
+    names
 }
 
-/// True when `dir` holds MNIST-style IDX files.
-pub fn looks_like_idx_dir(dir: &Path) -> bool {
-    find(dir, "train-images-idx3-ubyte").is_some() || find(dir, "t10k-images-idx3-ubyte").is_some()
-}
-
-/// Opens `train-*`/`t10k-*` IDX files (raw or .gz) in `dir`.
-pub fn open_mnist_dir(dir: &Path, split: Split, name: &str) -> anyhow::Result<ImageSet> {
-    let prefix = match split {
+fn split_prefix(split: Split) -> &'static str {
+    match split {
         Split::Train => "train",
         Split::Test => "t10k",
-    };
-    let images = find(dir, &format!("{prefix}-images-idx3-ubyte"))
-        .ok_or_else(|| anyhow::anyhow!("{}: no {prefix}-images-idx3-ubyte[.gz]", dir.display()))?;
-    let labels = find(dir, &format!("{prefix}-labels-idx1-ubyte"));
-    let mut set = read_images_labels(&images, labels.as_deref(), name)?;
-    if name.contains("fashion") {
-        set.class_names = FASHION_CLASSES.iter().map(|s| s.to_string()).collect();
-    } else {
-        set.class_names = (0..10).map(|d| d.to_string()).collect();
     }
+}
+
+fn find(dir: &Path, names: &[String]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// True when `dir` holds MNIST-style IDX image files (any common name, either split).
+pub fn looks_like_idx_dir(dir: &Path) -> bool {
+    ["train", "t10k"]
+        .iter()
+        .any(|p| find(dir, &idx_names(p, "images")).is_some())
+}
+
+/// Opens the `train`/`t10k` IDX files of `dir` (names as in [`idx_names`]); the labels are
+/// optional. When the images are missing the error lists every name looked for.
+pub fn open_mnist_dir(dir: &Path, split: Split, name: &str) -> anyhow::Result<ImageSet> {
+    let prefix = split_prefix(split);
+    let names = idx_names(prefix, "images");
+    let images = find(dir, &names).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no {} images: looked for {}",
+            dir.display(),
+            if prefix == "t10k" { "test" } else { "training" },
+            names.join(", ")
+        )
+    })?;
+    let labels = find(dir, &idx_names(prefix, "labels"));
+    let mut set = read_images_labels(&images, labels.as_deref(), name)?;
+    set.class_names = class_names(name);
     Ok(set)
+}
+
+/// The label files that may sit beside an images file: `images` → `labels` and `idx3` →
+/// `idx1` in its name, with or without `.gz`.
+pub fn labels_beside(images: &Path) -> Vec<PathBuf> {
+    let Some(file) = images.file_name().and_then(|f| f.to_str()) else {
+        return Vec::new();
+    };
+    let stem = file.strip_suffix(".gz").unwrap_or(file);
+    let label = stem.replace("images", "labels").replace("idx3", "idx1");
+    if label == stem {
+        return Vec::new();
+    }
+    let dir = images.parent().unwrap_or(Path::new(""));
+    vec![dir.join(format!("{label}.gz")), dir.join(label)]
+}
+
+/// True when `path` is an IDX file of 3-dimensional unsigned bytes (magic 0x00000803), raw or
+/// gzipped; only the first bytes are read.
+pub fn is_idx3_file(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 4];
+    let mut raw = std::io::BufReader::new(f);
+    let gz = {
+        use std::io::BufRead;
+        raw.fill_buf()
+            .map(|b| b.starts_with(&[0x1f, 0x8b]))
+            .unwrap_or(false)
+    };
+    let ok = if gz {
+        flate2::read::MultiGzDecoder::new(raw)
+            .read_exact(&mut head)
+            .is_ok()
+    } else {
+        raw.read_exact(&mut head).is_ok()
+    };
+    ok && head == [0, 0, 8, 3]
+}
+
+/// Opens an IDX images file given directly (e.g. `train-images.idx3-ubyte.gz`), with the
+/// labels beside it when present (see [`labels_beside`]).
+pub fn open_idx_file(images: &Path, name: &str) -> anyhow::Result<ImageSet> {
+    let labels = labels_beside(images).into_iter().find(|p| p.is_file());
+    let mut set = read_images_labels(images, labels.as_deref(), name)?;
+    set.class_names = class_names(name);
+    Ok(set)
+}
+
+fn class_names(name: &str) -> Vec<String> {
+    if name.contains("fashion") {
+        FASHION_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..10).map(|d| d.to_string()).collect()
+    }
 }
 
 /// Fashion-MNIST's class names.

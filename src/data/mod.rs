@@ -123,8 +123,9 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Opens a data set by name or path:
 /// - `mnist5k` (built in, the default), `fashion-mnist` (Debian package), `mnist:DIR`/
 ///   `fashion-mnist:DIR` (IDX files in DIR);
-/// - a folder with `data_batch_N.bin`/`test_batch.bin` (CIFAR-10), a folder with IDX files, or
-///   a folder of PNG/JPEG images (sub-folder = class), resized to `image_size` when given.
+/// - a folder with `data_batch_N.bin`/`test_batch.bin` (CIFAR-10), a folder with IDX files
+///   (see [`idx::idx_names`]), an IDX images file itself (labels beside it are found), or a
+///   folder of PNG/JPEG images (sub-folder = class), resized to `image_size` when given.
 pub fn open(spec: &str, split: Split, image_size: Option<usize>) -> Result<ImageSet> {
     let set = match spec {
         "mnist5k" | "builtin" => builtin::mnist5k()?,
@@ -154,18 +155,29 @@ pub fn open(spec: &str, split: Split, image_size: Option<usize>) -> Result<Image
                 );
             }
             match kind {
-                Some("mnist" | "fashion-mnist" | "idx") => {
-                    idx::open_mnist_dir(&path, split, kind.unwrap())?
+                Some(k @ ("mnist" | "fashion-mnist" | "idx")) if path.is_file() => {
+                    idx::open_idx_file(&path, k)?
+                }
+                Some(k @ ("mnist" | "fashion-mnist" | "idx")) => {
+                    idx::open_mnist_dir(&path, split, k)?
                 }
                 Some("cifar10") => cifar::open_dir(&path, split)?,
                 Some("folder") => folder::open(&path, image_size)?,
+                _ if path.is_file() && idx::is_idx3_file(&path) => {
+                    idx::open_idx_file(&path, "idx")?
+                }
                 _ if path.is_file() => bail!(
-                    "{}: pass a folder (IDX files, CIFAR-10 batches or images), not a file",
+                    "{}: not an IDX images file (magic 0x00000803, raw or gzipped); otherwise pass a folder (IDX files, CIFAR-10 batches or images)",
                     path.display()
                 ),
                 _ if cifar::looks_like_cifar(&path) => cifar::open_dir(&path, split)?,
                 _ if idx::looks_like_idx_dir(&path) => idx::open_mnist_dir(&path, split, "idx")?,
-                _ => folder::open(&path, image_size)?,
+                _ => folder::open(&path, image_size).map_err(|e| match e
+                    .downcast_ref::<folder::NoImages>()
+                {
+                    Some(none) => nothing_found(&path, none),
+                    None => e,
+                })?,
             }
         }
     };
@@ -175,6 +187,25 @@ pub fn open(spec: &str, split: Split, image_size: Option<usize>) -> Result<Image
         }
         _ => Ok(set),
     }
+}
+
+/// The error for a folder in which no data set was recognised: every name looked for.
+fn nothing_found(dir: &Path, none: &folder::NoImages) -> anyhow::Error {
+    let idx: Vec<String> = ["train", "t10k"]
+        .iter()
+        .flat_map(|p| idx::idx_names(p, "images"))
+        .collect();
+    let mut msg = format!(
+        "{}: no data set found. Looked for IDX files ({}), CIFAR-10 batches \
+         (data_batch_1.bin … data_batch_5.bin, test_batch.bin) and PNG/JPEG images directly in \
+         the folder or in class sub-folders",
+        dir.display(),
+        idx.join(", ")
+    );
+    if let Some(s) = folder::skip_summary(&none.skipped) {
+        msg.push_str(&format!("; {s}"));
+    }
+    anyhow::anyhow!(msg)
 }
 
 /// Scales bytes to [−1, 1]: `x/127.5 − 1`.

@@ -35,8 +35,14 @@ pub struct CheckpointMeta {
     pub wall_seconds: f64,
     /// Images seen.
     pub images_seen: u64,
-    /// Smoothed loss at save time.
+    /// Smoothed loss at save time (NaN when unknown: JSON writes it as null).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+}
+
+/// Reads a number written by serde_json, where NaN was written as `null`.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl CheckpointMeta {

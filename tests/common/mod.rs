@@ -1,8 +1,37 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: where the reference fixtures are, and the
+//! discretised Gaussian data of the likelihood tests.
+
+use std::path::PathBuf;
 
 use ddpm::likelihood::standard_normal_cdf;
 
+/// The fixtures folder: `$DDPM_FIXTURES` (what scripts/make-fixtures.sh writes), else the
+/// project's `../shared/data`.
+#[allow(dead_code)]
+pub fn fixtures_root() -> PathBuf {
+    match std::env::var_os("DDPM_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+    }
+}
+
+/// `ROOT/sub`, or None with a printed reason when it is absent.
+#[allow(dead_code)]
+pub fn fixture(sub: &str) -> Option<PathBuf> {
+    let p = fixtures_root().join(sub);
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIP: {} is absent (scripts/make-fixtures.sh OUT writes it; then set DDPM_FIXTURES=OUT)",
+            p.display()
+        );
+        None
+    }
+}
+
 /// Bin masses of N(m, s²) on the 256-level grid of [−1, 1], edge bins open.
+#[allow(dead_code)]
 pub fn discretised_gaussian(m: f64, s: f64) -> Vec<f64> {
     (0..256)
         .map(|k| {
