@@ -10,7 +10,7 @@
 use anyhow::Context;
 use burn::tensor::Device;
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
-use ddpm::model::import::load_diffusers_unet;
+use ddpm::diffusers::load_diffusers_unet;
 use ddpm::sampling::{BatchOptions, SamplerConfig, sample_batched};
 
 fn main() -> anyhow::Result<()> {

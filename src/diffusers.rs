@@ -370,11 +370,6 @@ pub fn unet_config_from_diffusers(json: &Value) -> Result<UNetConfig> {
     Ok(config)
 }
 
-/// Same as [`unet_config_from_diffusers`] (the name `model::import` has always exported).
-pub fn config_from_diffusers(json: &Value) -> Result<UNetConfig> {
-    unet_config_from_diffusers(json)
-}
-
 /// The diffusers `config.json` of a [`UNetConfig`] (every `UNet2DModel` setting written out).
 pub fn unet_config_to_diffusers(c: &UNetConfig) -> Result<Value> {
     c.validate()

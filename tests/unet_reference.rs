@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm::model::UNetConfig;
-use ddpm::model::import::load_diffusers_unet;
+use ddpm::diffusers::load_diffusers_unet;
 use ddpm::{params, tensorfile};
 
 mod common;

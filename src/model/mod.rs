@@ -2,7 +2,6 @@
 
 pub mod blocks;
 pub mod classifier;
-pub mod import;
 pub mod unet;
 
 pub use unet::{UNet, UNetConfig};
