@@ -32,6 +32,7 @@
 //! ```
 
 pub mod data;
+pub mod device;
 pub mod diffusion;
 pub mod image;
 pub mod kernels;
@@ -42,6 +43,7 @@ pub mod oracle;
 pub mod params;
 pub mod sampling;
 pub mod schedule;
+pub mod selftest;
 pub mod tensorfile;
 pub mod torchscript;
 pub mod train;

@@ -9,7 +9,7 @@ use cli::classifier::*;
 use cli::eval::*;
 use cli::latent::*;
 use cli::prelude::pick_device;
-use cli::{bench::*, demo::*, fid::*, inspect::*, sample::*, train::*};
+use cli::{bench::*, demo::*, fid::*, inspect::*, sample::*, selftest::*, train::*};
 
 #[derive(Parser)]
 #[command(
@@ -21,8 +21,9 @@ inspect the forward process.\n\nStart with `ddpm demo`: it trains a small model 
 MNIST-5k digits for a few minutes and writes a sample grid and a denoising GIF."
 )]
 struct Cli {
-    /// Compute device: `cpu` (pure-Rust burn-flex, all cores) or `wgpu` (GPU; needs the
-    /// `wgpu` cargo feature).
+    /// Compute device: `cpu` (pure-Rust burn-flex, all cores), `cuda` or `cuda:N` (NVIDIA GPU N;
+    /// needs the `cuda` cargo feature), `wgpu` or `vulkan` (GPU through wgpu; needs the `wgpu`
+    /// or `vulkan` cargo feature). `ddpm selftest --device D` checks a device against the CPU.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// CPU threads (default: all cores).
@@ -56,6 +57,9 @@ enum Command {
     Encode(EncodeArgs),
     /// Decode spherical interpolations between the latents of two images (strip PNG + GIF).
     Interpolate(InterpolateArgs),
+    /// Check a device against the CPU and the exact answers (U-Net, samplers, guidance,
+    /// a training step, determinism, checkpoints); prints a table, fails on any FAIL.
+    Selftest(SelftestArgs),
 }
 
 fn main() {
@@ -88,5 +92,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classifier(ClassifierCommand::Eval(a)) => cmd_classifier_eval(a, &device),
         Command::Encode(a) => cmd_encode(a, &device),
         Command::Interpolate(a) => cmd_interpolate(a, &device),
+        Command::Selftest(a) => cmd_selftest(a, &device, &cli.device),
     }
 }

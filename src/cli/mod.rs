@@ -9,6 +9,7 @@ pub(crate) mod fid;
 pub(crate) mod inspect;
 pub(crate) mod latent;
 pub(crate) mod sample;
+pub(crate) mod selftest;
 pub(crate) mod train;
 
 /// What every command module uses.
