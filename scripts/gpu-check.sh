@@ -9,12 +9,16 @@
 # and writes everything to one report file, $OUT/gpu-report.txt (default OUT: /tmp/gpu-check).
 # Usage (README.md, "GPUs"): scripts/build-gpu-pack.sh here; then there, from the repo root,
 #   bash scripts/gpu-check.sh
+# DEVICE (default cuda), SMALL_BATCH (256), CIFAR_BATCH (128) and ITERS (10) can be changed for
+# a dry run elsewhere, e.g. `DEVICE=cpu SMALL_BATCH=4 CIFAR_BATCH=2 ITERS=1` on a CPU.
 # Every step has its own time limit, so one that hangs cannot eat the others' time; a failing
 # step is reported and the script goes on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=${PACK:-.gpu-pack}
 OUT=${OUT:-/tmp/gpu-check}
+DEVICE=${DEVICE:-cuda}
+ITERS=${ITERS:-10}
 mkdir -p "$OUT"
 REPORT=$OUT/gpu-report.txt
 : >"$REPORT"
@@ -30,7 +34,8 @@ step() {
     say "== $title  [$(($(date +%s) - START)) s elapsed]"
     say "\$ $*"
     local t0=$(date +%s)
-    timeout --kill-after=5 "$limit" "$@" 2>&1 | grep -v -i 'warning' | tee -a "$REPORT"
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | grep -v -E 'UserWarning|FutureWarning|warnings\.warn' |
+        tee -a "$REPORT"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 124 ] && say "(stopped at its ${limit} s limit)"
     say "(exit $rc, $(($(date +%s) - t0)) s)"
@@ -66,16 +71,16 @@ if [ -d "$PACK/whl" ] && ls "$PACK"/whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1
 
-step 170 "selftest on cuda" "$DDPM" selftest --device cuda
+step 170 "selftest on $DEVICE" "$DDPM" selftest --device "$DEVICE"
 
-for spec in "small28 256" "cifar10 128"; do
+for spec in "small28 ${SMALL_BATCH:-256}" "cifar10 ${CIFAR_BATCH:-128}"; do
     set -- $spec
-    step 75 "ddpm $1, batch $2, fp32, cuda" \
-        "$DDPM" --device cuda bench --preset "$1" --batch-size "$2" --iters 10 --phases
+    step 75 "ddpm $1, batch $2, fp32, $DEVICE" \
+        "$DDPM" --device "$DEVICE" bench --preset "$1" --batch-size "$2" --iters "$ITERS" --phases
     for prec in fp32 bf16; do
-        step 40 "PyTorch $1, batch $2, $prec, cuda" \
-            python3 bench/pytorch_unet.py --device cuda --preset "$1" --batch-size "$2" \
-            --iters 10 --precision "$prec"
+        step 40 "PyTorch $1, batch $2, $prec, $DEVICE" \
+            python3 bench/pytorch_unet.py --device "$DEVICE" --preset "$1" --batch-size "$2" \
+            --iters "$ITERS" --precision "$prec"
     done
 done
 
@@ -90,13 +95,13 @@ rng = np.random.default_rng(0)
 out = {}
 for name, shape in shapes.items():
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    v = rng.standard_normal(shape).astype(np.float32) / np.sqrt(fan_in)
-    out[name] = (1.0 + np.abs(v)) if name.endswith(".var") else v
+    v = rng.standard_normal(shape) / np.sqrt(fan_in)
+    out[name] = ((1.0 + np.abs(v)) if name.endswith(".var") else v).astype(np.float32)
 save_file(out, sys.argv[2])
 PY
-    step 50 "FID network (Inception), batch 64, cuda" \
-        "$DDPM" --device cuda bench --inception --inception-weights "$WORK/fid-random.safetensors" \
-        --batch-size 64 --iters 5
+    step 50 "FID network (Inception), batch ${FID_BATCH:-64}, $DEVICE" \
+        "$DDPM" --device "$DEVICE" bench --inception --inception-weights "$WORK/fid-random.safetensors" \
+        --batch-size "${FID_BATCH:-64}" --iters "$ITERS"
 else
     say "(FID network skipped: no $PACK/inception-header.json)"
 fi
