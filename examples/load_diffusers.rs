@@ -9,8 +9,8 @@
 
 use anyhow::Context;
 use burn::tensor::Device;
-use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 use ddpm::diffusers::load_diffusers_unet;
+use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
 use ddpm::sampling::{BatchOptions, SamplerConfig, sample_batched};
 
 fn main() -> anyhow::Result<()> {

@@ -463,10 +463,9 @@ pub fn diffusion_from_scheduler(json: &Value) -> Result<(DiffusionConfig, Vec<St
     let t = s.usize("num_train_timesteps")?;
     ensure!(t >= 2, "setting `num_train_timesteps` = {t} is too small");
     // `predict_epsilon = false` is how diffusers before 0.7 said "predicts x0".
-    if json.get("predict_epsilon") == Some(&json!(false)) {
-        bail!("unsupported diffusers setting `predict_epsilon` = false: ddpm models predict ε");
-    }
+    let legacy_x0 = json.get("predict_epsilon") == Some(&json!(false));
     let prediction = match s.str("prediction_type")?.as_str() {
+        _ if legacy_x0 => Prediction::X0,
         "epsilon" => Prediction::Epsilon,
         "sample" => Prediction::X0,
         "v_prediction" => Prediction::V,

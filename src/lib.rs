@@ -32,6 +32,7 @@
 //! ```
 
 pub mod data;
+pub mod device;
 pub mod diffusers;
 pub mod diffusion;
 pub mod image;
@@ -45,6 +46,7 @@ pub mod output;
 pub mod params;
 pub mod sampling;
 pub mod schedule;
+pub mod selftest;
 pub mod tensorfile;
 pub mod torchscript;
 pub mod train;

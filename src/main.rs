@@ -10,7 +10,7 @@ use cli::eval::*;
 use cli::interop::*;
 use cli::latent::*;
 use cli::prelude::pick_device;
-use cli::{bench::*, demo::*, fid::*, inspect::*, sample::*, train::*};
+use cli::{bench::*, demo::*, fid::*, inspect::*, sample::*, selftest::*, train::*};
 
 #[derive(Parser)]
 #[command(
@@ -22,8 +22,9 @@ inspect the forward process.\n\nStart with `ddpm demo`: it trains a small model 
 MNIST-5k digits for a few minutes and writes a sample grid and a denoising GIF."
 )]
 struct Cli {
-    /// Compute device: `cpu` (pure-Rust burn-flex, all cores) or `wgpu` (GPU; needs the
-    /// `wgpu` cargo feature).
+    /// Compute device: `cpu` (pure-Rust burn-flex, all cores), `cuda` or `cuda:N` (NVIDIA GPU N;
+    /// needs the `cuda` cargo feature), `wgpu` or `vulkan` (GPU through wgpu; needs the `wgpu`
+    /// or `vulkan` cargo feature). `ddpm selftest --device D` checks a device against the CPU.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// CPU threads (default: all cores).
@@ -71,6 +72,9 @@ enum Command {
     Import(ImportArgs),
     /// Write a run's weights as a diffusers UNet2DModel folder (+ scheduler_config.json).
     Export(ExportArgs),
+    /// Check a device against the CPU and the exact answers (U-Net, samplers, guidance,
+    /// a training step, determinism, checkpoints); prints a table, fails on any FAIL.
+    Selftest(SelftestArgs),
 }
 
 fn main() {
@@ -108,5 +112,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Interpolate(a) => cmd_interpolate(a, &device),
         Command::Import(a) => cmd_import(a),
         Command::Export(a) => cmd_export(a),
+        Command::Selftest(a) => cmd_selftest(a, &device, &cli.device),
     }
 }

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ddpm::model::UNetConfig;
 use ddpm::diffusers::load_diffusers_unet;
+use ddpm::model::UNetConfig;
 use ddpm::{params, tensorfile};
 
 mod common;

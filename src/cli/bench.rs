@@ -19,6 +19,11 @@ pub(crate) struct BenchArgs {
     /// The FID weights for --inception (default: as `ddpm fid` finds them).
     #[arg(long)]
     pub(crate) inception_weights: Option<PathBuf>,
+    /// Also time each phase of a training step (forward + loss, backward, gradients to the
+    /// host, clip + Adam + EMA, weights back into the model) over --iters further steps, waiting
+    /// for the device after each phase so that GPU work is charged to the phase that queued it.
+    #[arg(long)]
+    pub(crate) phases: bool,
 }
 
 /// Images/s of the FID network on random inputs.
@@ -29,6 +34,7 @@ fn bench_inception(a: &BenchArgs, device: &Device) -> Result<()> {
         .normal([a.batch_size, 3, 299, 299], device)
         .clamp(-1.0, 1.0);
     let _ = net.forward(x.clone()).into_data();
+    device.sync()?;
     let t0 = Instant::now();
     for _ in 0..a.iters {
         let _ = net.forward(x.clone()).into_data();
@@ -77,64 +83,96 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
     let mut noise = NoiseSource::new(0);
     let mut model = model;
     // Phases of one step: forward (+ loss), backward, gradients to the host, fused
-    // clip/Adam/EMA, weights back into the model.
+    // clip/Adam/EMA, weights back into the model. With `timed`, every phase ends by waiting
+    // for the device (a GPU runs asynchronously, so otherwise its work lands in whichever
+    // phase next reads data back).
     let mut phases = [0f64; 5];
-    let mut train_step = |model: ddpm::model::UNet, phases: &mut [f64; 5]| -> ddpm::model::UNet {
+    let mut train_step = |model: ddpm::model::UNet,
+                          phases: &mut [f64; 5],
+                          timed: bool|
+     -> Result<ddpm::model::UNet> {
         let x0 = noise.normal(shape, &ad).clamp(-1.0, 1.0);
         let eps = noise.normal(shape, &ad);
         let t: Vec<usize> = (0..a.batch_size).map(|i| (i * 997) % 1000).collect();
+        if timed {
+            ad.sync()?;
+        }
         let mut clock = Instant::now();
-        let mut lap = |k: usize, phases: &mut [f64; 5]| {
-            phases[k] += clock.elapsed().as_secs_f64();
-            clock = Instant::now();
+        let mut lap = |k: usize, phases: &mut [f64; 5]| -> Result<()> {
+            if timed {
+                ad.sync()?;
+                phases[k] += clock.elapsed().as_secs_f64();
+                clock = Instant::now();
+            }
+            Ok(())
         };
         let xt = diffusion.q_sample(x0.clone(), &t, eps.clone());
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
         let raw = model.forward(xt.clone(), &tf, true);
         let loss = diffusion.training_loss(raw, x0, eps, xt, &t);
         let _ = loss.clone().into_data();
-        lap(0, phases);
+        lap(0, phases)?;
         let grads = loss.backward();
-        lap(1, phases);
+        lap(1, phases)?;
         let gs = ddpm::train::trainer::collect_grads(&model, &grads);
-        lap(2, phases);
+        lap(2, phases)?;
         state.update(&gs, &ocfg);
-        lap(3, phases);
+        lap(3, phases)?;
         let m = ddpm::params::assign(model, &state.params, true);
-        lap(4, phases);
-        m
+        lap(4, phases)?;
+        Ok(m)
     };
-    model = train_step(model, &mut [0f64; 5]);
+    model = train_step(model, &mut [0f64; 5], false)?;
+    ad.sync()?;
     let t0 = Instant::now();
     for _ in 0..a.iters {
-        model = train_step(model, &mut phases);
+        model = train_step(model, &mut phases, false)?;
     }
+    ad.sync()?;
     let train_secs = t0.elapsed().as_secs_f64();
     let train_ips = (a.iters * a.batch_size) as f64 / train_secs;
+    let phase_secs = if a.phases {
+        let t0 = Instant::now();
+        for _ in 0..a.iters {
+            model = train_step(model, &mut phases, true)?;
+        }
+        Some(t0.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    drop(model);
     // Sampling: one network call per image per step, no autodiff.
     let inf = m.init(device);
     let x = noise.normal(shape, device);
     let t: Vec<usize> = vec![500; a.batch_size];
     let _ = ddpm::diffusion::Denoiser::forward(&inf, x.clone(), &t, None).into_data();
+    device.sync()?;
     let t0 = Instant::now();
     for _ in 0..a.iters {
         let _ = ddpm::diffusion::Denoiser::forward(&inf, x.clone(), &t, None).into_data();
     }
     let fwd_ips = (a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64();
     println!("training:  {train_ips:8.1} images/s (forward + backward + Adam/EMA)");
-    let names = [
-        "forward + loss",
-        "backward",
-        "gradients to host",
-        "clip + Adam + EMA",
-        "weights into model",
-    ];
-    for (n, p) in names.iter().zip(phases) {
+    if let Some(total) = phase_secs {
+        let names = [
+            "forward + loss",
+            "backward",
+            "gradients to host",
+            "clip + Adam + EMA",
+            "weights into model",
+        ];
         println!(
-            "           {:>5.1}% {n} ({:.1} ms/step)",
-            100.0 * p / train_secs,
-            1000.0 * p / a.iters as f64
+            "phases:    {:8.1} images/s with a device wait after each phase ({:.1} ms/step)",
+            (a.iters * a.batch_size) as f64 / total,
+            1000.0 * total / a.iters as f64
         );
+        for (n, p) in names.iter().zip(phases) {
+            println!(
+                "           {:>5.1}% {n} ({:.1} ms/step)",
+                100.0 * p / total,
+                1000.0 * p / a.iters as f64
+            );
+        }
     }
     println!("sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass)");
     println!(

@@ -46,16 +46,7 @@ impl DiffusionArgs {
 }
 
 pub(crate) fn pick_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" | "flex" => Ok(Device::flex()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" | "gpu" => Ok(Device::wgpu(Default::default())),
-        #[cfg(not(feature = "wgpu"))]
-        "wgpu" | "gpu" => bail!(
-            "this binary was built without GPU support: rebuild with `cargo build --release --features wgpu`"
-        ),
-        other => bail!("unknown device `{other}` (cpu or wgpu)"),
-    }
+    name.parse::<ddpm::device::DeviceSpec>()?.open()
 }
 
 /// The sampler and what steers it, shared by `ddpm sample` and `ddpm eval fid`.

@@ -10,6 +10,7 @@ pub(crate) mod inspect;
 pub(crate) mod interop;
 pub(crate) mod latent;
 pub(crate) mod sample;
+pub(crate) mod selftest;
 pub(crate) mod train;
 
 /// What every command module uses.

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The GPU check, in one call of under 8 minutes on a machine with an NVIDIA GPU, the driver,
+# the CUDA toolkit (NVRTC and its headers) and PyTorch, but no Rust and no network:
+#   1. unpacks the binary that scripts/build-gpu-pack.sh built here (.gpu-pack/ddpm.xz),
+#   2. `ddpm selftest --device cuda` (the device against the CPU and the exact answers),
+#   3. `ddpm bench --phases` for small28 (batch 256) and cifar10 (batch 128) in fp32, against
+#      bench/pytorch_unet.py --device cuda on the same GPU in fp32 and in bf16 autocast,
+#   4. the FID network's images/s (on random weights of the real shapes),
+# and writes everything to one report file, $OUT/gpu-report.txt (default OUT: /tmp/gpu-check).
+# Usage (README.md, "GPUs"): scripts/build-gpu-pack.sh here; then there, from the repo root,
+#   bash scripts/gpu-check.sh
+# DEVICE (default cuda), SMALL_BATCH (256), CIFAR_BATCH (128) and ITERS (10) can be changed for
+# a dry run elsewhere, e.g. `DEVICE=cpu SMALL_BATCH=4 CIFAR_BATCH=2 ITERS=1` on a CPU.
+# Every step has its own time limit, so one that hangs cannot eat the others' time; a failing
+# step is reported and the script goes on.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PACK=${PACK:-.gpu-pack}
+OUT=${OUT:-/tmp/gpu-check}
+DEVICE=${DEVICE:-cuda}
+ITERS=${ITERS:-10}
+mkdir -p "$OUT"
+REPORT=$OUT/gpu-report.txt
+: >"$REPORT"
+WORK=$(mktemp -d)
+START=$(date +%s)
+
+say() { echo "$*" | tee -a "$REPORT"; }
+# step LIMIT_SECONDS TITLE COMMAND...: runs it with a time limit, output into the report.
+step() {
+    local limit=$1 title=$2
+    shift 2
+    say ""
+    say "== $title  [$(($(date +%s) - START)) s elapsed]"
+    say "\$ $*"
+    local t0=$(date +%s)
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | grep -v -E 'UserWarning|FutureWarning|warnings\.warn' |
+        tee -a "$REPORT"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && say "(stopped at its ${limit} s limit)"
+    say "(exit $rc, $(($(date +%s) - t0)) s)"
+}
+
+say "ddpm GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
+say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 |
+    sed 's/^/gpu: /' | tee -a "$REPORT"
+say "nvcc: $(nvcc --version 2>/dev/null | tail -n 2 | head -n 1)"
+say "python: $(python3 -c 'import torch, sys; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
+
+# NVRTC and the headers it compiles against: cudarc searches LD_LIBRARY_PATH for libnvrtc, and
+# cubecl reads the headers from $CUDA_PATH/include.
+for d in /usr/local/cuda /opt/cuda; do
+    if [ -z "${CUDA_PATH:-}" ] && [ -f "$d/include/cuda_fp16.h" ]; then export CUDA_PATH=$d; fi
+done
+for d in "${CUDA_PATH:-/usr/local/cuda}/lib64" "${CUDA_PATH:-/usr/local/cuda}/targets/x86_64-linux/lib"; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+say "CUDA_PATH=${CUDA_PATH:-unset}"
+
+if ! xz -dc "$PACK/ddpm.xz" >"$WORK/ddpm" 2>>"$REPORT"; then
+    say "no binary at $PACK/ddpm.xz: run scripts/build-gpu-pack.sh here and carry $PACK"
+    exit 1
+fi
+chmod +x "$WORK/ddpm"
+DDPM=$WORK/ddpm
+if [ -d "$PACK/whl" ] && ls "$PACK"/whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" "$PACK"/whl/*.whl >>"$REPORT" 2>&1
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+
+step 170 "selftest on $DEVICE" "$DDPM" selftest --device "$DEVICE"
+
+for spec in "small28 ${SMALL_BATCH:-256}" "cifar10 ${CIFAR_BATCH:-128}"; do
+    set -- $spec
+    step 75 "ddpm $1, batch $2, fp32, $DEVICE" \
+        "$DDPM" --device "$DEVICE" bench --preset "$1" --batch-size "$2" --iters "$ITERS" --phases
+    for prec in fp32 bf16; do
+        step 40 "PyTorch $1, batch $2, $prec, $DEVICE" \
+            python3 bench/pytorch_unet.py --device "$DEVICE" --preset "$1" --batch-size "$2" \
+            --iters "$ITERS" --precision "$prec"
+    done
+done
+
+if [ -f "$PACK/inception-header.json" ]; then
+    # Random weights with the real names and shapes (the speed does not depend on the values).
+    python3 - "$PACK/inception-header.json" "$WORK/fid-random.safetensors" <<'PY' >>"$REPORT" 2>&1
+import json, sys
+import numpy as np
+from safetensors.numpy import save_file
+shapes = json.load(open(sys.argv[1]))
+rng = np.random.default_rng(0)
+out = {}
+for name, shape in shapes.items():
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    v = rng.standard_normal(shape) / np.sqrt(fan_in)
+    out[name] = ((1.0 + np.abs(v)) if name.endswith(".var") else v).astype(np.float32)
+save_file(out, sys.argv[2])
+PY
+    step 50 "FID network (Inception), batch ${FID_BATCH:-64}, $DEVICE" \
+        "$DDPM" --device "$DEVICE" bench --inception --inception-weights "$WORK/fid-random.safetensors" \
+        --batch-size "${FID_BATCH:-64}" --iters "$ITERS"
+else
+    say "(FID network skipped: no $PACK/inception-header.json)"
+fi
+
+say ""
+say "total: $(($(date +%s) - START)) s; report: $REPORT"
+rm -rf "$WORK"
