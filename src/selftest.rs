@@ -30,7 +30,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::diffusion::{Denoiser, DiffusionConfig, GaussianDiffusion, VarianceType};
 use crate::model::UNetConfig;
-use crate::oracle::{GaussianMixtureOracle, GaussianOracle};
+use crate::oracle::{
+    GaussianMixtureOracle, GaussianOracle, exact_ancestral_moments, exact_ddim_moments,
+};
 use crate::sampling::{
     Ancestral, Ddim, Guidance, LoopOptions, NoiseSource, Sampler, Spacing, sample,
     sample_loop_with, timestep_subsequence,
@@ -265,41 +267,6 @@ fn unet_checks(device: &Device, cpu: &Device) -> Vec<Check> {
         1e-4,
     ));
     rows
-}
-
-/// Exact mean and std of Algorithm 2's output when ε is affine in x_t (tests/samplers.rs):
-/// every step is x_{t−1} = A x_t + B + σ_t z (Ho et al. eq. 11).
-fn exact_ancestral_moments(d: &GaussianDiffusion, oracle: &GaussianOracle) -> (f64, f64) {
-    let s = &d.schedule;
-    let (mut m, mut v) = (0.0f64, 1.0f64);
-    for t in (0..s.num_timesteps).rev() {
-        let (a, b) = oracle.affine(t);
-        let k = s.betas[t] / s.sqrt_one_minus_alphas_cumprod[t];
-        let big_a = (1.0 - k * a) / s.alphas[t].sqrt();
-        let big_b = -k * b / s.alphas[t].sqrt();
-        m = big_a * m + big_b;
-        v = big_a * big_a * v + if t > 0 { d.model_variance[t] } else { 0.0 };
-    }
-    (m, v.sqrt())
-}
-
-/// Exact mean and std of DDIM η = 0 (no clipping) with an affine ε: each step
-/// x' = √ᾱ' x̂₀ + √(1−ᾱ') ε with x̂₀ = (x − √(1−ᾱ) ε)/√ᾱ (Song et al. eq. 12), ᾱ' = 1 at the end.
-fn exact_ddim_moments(d: &GaussianDiffusion, oracle: &GaussianOracle, ts: &[usize]) -> (f64, f64) {
-    let ac = &d.schedule.alphas_cumprod;
-    let (mut m, mut sd) = (0.0f64, 1.0f64);
-    for (k, &t) in ts.iter().enumerate() {
-        let (a, b) = oracle.affine(t);
-        let (at, an) = (ac[t], ts.get(k + 1).map_or(1.0, |&n| ac[n]));
-        // x̂₀ = c1 x + c0, then x' = √an x̂₀ + √(1−an)(a x + b).
-        let c1 = (1.0 - (1.0 - at).sqrt() * a) / at.sqrt();
-        let c0 = -(1.0 - at).sqrt() * b / at.sqrt();
-        let big_a = an.sqrt() * c1 + (1.0 - an).sqrt() * a;
-        let big_b = an.sqrt() * c0 + (1.0 - an).sqrt() * b;
-        m = big_a * m + big_b;
-        sd *= big_a.abs();
-    }
-    (m, sd)
 }
 
 fn sampler_checks(device: &Device, cpu: &Device, cfg: &SelftestConfig) -> Vec<Check> {

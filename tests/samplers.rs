@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Tensor};
 use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion, VarianceType};
-use ddpm::oracle::{FiniteSetOracle, GaussianOracle};
+use ddpm::oracle::{FiniteSetOracle, GaussianOracle, exact_ancestral_moments};
 use ddpm::sampling::{Ancestral, NoiseSource, StepContext, sample};
 
 fn moments(x: Tensor<4>) -> (f64, f64) {
@@ -11,23 +11,6 @@ fn moments(x: Tensor<4>) -> (f64, f64) {
     let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
     let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / (n - 1.0);
     (m, var.sqrt())
-}
-
-/// The exact mean and std of Algorithm 2's output when ε_θ is affine in x_t: every step is
-/// x_{t−1} = A x_t + B + σ_t z, so the moments follow a scalar recursion (computed in f64,
-/// straight from Ho et al. eq. 11, independently of the crate's code path).
-fn exact_ancestral_moments(d: &GaussianDiffusion, oracle: &GaussianOracle) -> (f64, f64) {
-    let s = &d.schedule;
-    let (mut m, mut v) = (0.0f64, 1.0f64);
-    for t in (0..s.num_timesteps).rev() {
-        let (a, b) = oracle.affine(t);
-        let k = s.betas[t] / s.sqrt_one_minus_alphas_cumprod[t];
-        let big_a = (1.0 - k * a) / s.alphas[t].sqrt();
-        let big_b = -k * b / s.alphas[t].sqrt();
-        m = big_a * m + big_b;
-        v = big_a * big_a * v + if t > 0 { d.model_variance[t] } else { 0.0 };
-    }
-    (m, v.sqrt())
 }
 
 #[test]
