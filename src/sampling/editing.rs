@@ -90,25 +90,29 @@ impl Sampler for Inpaint {
     fn step(&self, ctx: &mut StepContext<'_>, x_t: Tensor<4>, k: usize) -> StepOutput {
         let ts = self.inner.timesteps();
         let next = ts.get(k + 1).copied();
-        let ac = ctx.diffusion.schedule.alphas_cumprod.clone();
+        // A copy of the shared reference, so the tables stay readable while `ctx` is borrowed.
+        let diffusion = ctx.diffusion;
         let dims = x_t.dims();
         let device = x_t.device();
         let known = self.known.clone().expand(dims);
         let mask = self.mask.clone().expand(dims);
         let mut x = x_t;
-        for u in 0..self.resample {
+        let mut round = 0;
+        loop {
             let out = self.inner.step(ctx, x, k);
             let known_prev = match next {
                 Some(tn) => {
                     let z = ctx.noise.normal(dims, &device);
-                    ctx.diffusion.q_sample(known.clone(), &vec![tn; dims[0]], z)
+                    diffusion.q_sample(known.clone(), &vec![tn; dims[0]], z)
                 }
                 None => known.clone(),
             };
             let prev = known_prev * mask.clone() + out.prev * (mask.clone().neg() + 1.0);
+            round += 1;
             match next {
-                Some(tn) if u + 1 < self.resample => {
+                Some(tn) if round < self.resample => {
                     // q(x_t | x_{t'}) = N(√(ᾱ_t/ᾱ_{t'}) x_{t'}, (1 − ᾱ_t/ᾱ_{t'}) I).
+                    let ac = &diffusion.schedule.alphas_cumprod;
                     let r = ac[ts[k]] / ac[tn];
                     let z = ctx.noise.normal(dims, &device);
                     x = prev.mul_scalar(r.sqrt()) + z.mul_scalar((1.0 - r).sqrt());
@@ -121,6 +125,5 @@ impl Sampler for Inpaint {
                 }
             }
         }
-        unreachable!("the last resampling round returns")
     }
 }
