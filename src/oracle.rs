@@ -76,20 +76,33 @@ pub fn exact_ddim_moments(
     oracle: &GaussianOracle,
     ts: &[usize],
 ) -> (f64, f64) {
+    exact_ddim_moments_with_noise(d, oracle, ts, &vec![0.0; ts.len()])
+}
+
+/// Exact mean and std of DDIM (no clipping) with an affine ε and step variances `sigma2[k]`:
+/// x' = √ᾱ' x̂₀ + √(1−ᾱ'−σ_k²) ε + σ_k z (Song et al. eq. 12), ᾱ' = 1 at the end.
+pub fn exact_ddim_moments_with_noise(
+    d: &GaussianDiffusion,
+    oracle: &GaussianOracle,
+    ts: &[usize],
+    sigma2: &[f64],
+) -> (f64, f64) {
+    assert_eq!(ts.len(), sigma2.len());
     let ac = &d.schedule.alphas_cumprod;
-    let (mut m, mut sd) = (0.0f64, 1.0f64);
+    let (mut m, mut var) = (0.0f64, 1.0f64);
     for (k, &t) in ts.iter().enumerate() {
         let (a, b) = oracle.affine(t);
         let (at, an) = (ac[t], ts.get(k + 1).map_or(1.0, |&n| ac[n]));
-        // x̂₀ = c1 x + c0, then x' = √an x̂₀ + √(1−an)(a x + b).
+        // x̂₀ = c1 x + c0, then x' = √an x̂₀ + dir (a x + b) + σ z.
+        let dir = (1.0 - an - sigma2[k]).max(0.0).sqrt();
         let c1 = (1.0 - (1.0 - at).sqrt() * a) / at.sqrt();
         let c0 = -(1.0 - at).sqrt() * b / at.sqrt();
-        let big_a = an.sqrt() * c1 + (1.0 - an).sqrt() * a;
-        let big_b = an.sqrt() * c0 + (1.0 - an).sqrt() * b;
+        let big_a = an.sqrt() * c1 + dir * a;
+        let big_b = an.sqrt() * c0 + dir * b;
         m = big_a * m + big_b;
-        sd *= big_a.abs();
+        var = big_a * big_a * var + sigma2[k];
     }
-    (m, sd)
+    (m, var.sqrt())
 }
 
 /// Data drawn uniformly from a finite set {x^i}: the optimal x̂₀ is the posterior mean

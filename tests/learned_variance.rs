@@ -6,8 +6,8 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ddpm::diffusion::{Denoiser, DiffusionConfig, GaussianDiffusion, VarianceType};
 use ddpm::likelihood::calc_bpd;
-use ddpm::oracle::GaussianOracle;
-use ddpm::sampling::NoiseSource;
+use ddpm::oracle::{GaussianOracle, exact_ddim_moments_with_noise};
+use ddpm::sampling::{Ddim, NoiseSource, Spacing, sample_loop, timestep_subsequence};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 mod common;
@@ -201,5 +201,94 @@ fn training_the_variance_head_alone_approaches_the_analytic_variance() {
             "t = {}: {learned} vs {target}",
             t + 1
         );
+    }
+}
+
+/// Mean and (n−1) std of a sample.
+fn moments(v: &[f32]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, var.sqrt())
+}
+
+#[test]
+fn ddim_with_eta_uses_the_learned_variance_of_the_respaced_step() {
+    // DDIM with η > 0 and a learned variance: σ_k² = η²·Σ_θ, Σ_θ interpolating β and β̃ of the
+    // respaced step t → t' with v (docs/math.md §12). With ε* of Gaussian data every step is
+    // affine, so the sample's mean and std are exact (oracle::exact_ddim_moments_with_noise).
+    let device = Device::flex();
+    let learned = GaussianDiffusion::new(DiffusionConfig {
+        variance: VarianceType::Learned,
+        ..Default::default()
+    });
+    let fixed = GaussianDiffusion::new(DiffusionConfig::default());
+    let oracle = GaussianOracle::new(&fixed, M, S);
+    let ts = timestep_subsequence(&fixed.schedule, 20, Spacing::Quadratic);
+    let ac = &fixed.schedule.alphas_cumprod;
+    let run = |d: &GaussianDiffusion, model: &dyn Denoiser, eta: f64, n: usize| -> Vec<f32> {
+        let sampler = Ddim::new(ts.clone(), eta, false);
+        let mut noise = NoiseSource::new(11);
+        let x = noise.normal([n, 1, 1, 1], &device);
+        sample_loop(d, &sampler, model, x, &mut noise, |_, _| {})
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let with_v = |v: f64| WithVariance {
+        eps: &oracle,
+        v: vec![v; 1000],
+    };
+
+    // v ≡ −1 is the fixed-variance η step (σ² = η²·β̃ of the respaced step), same noise.
+    let n = 4096;
+    let plain = run(&fixed, &oracle, 1.0, n);
+    let at_tilde = run(&learned, &with_v(-1.0), 1.0, n);
+    let max = plain
+        .iter()
+        .zip(&at_tilde)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("DDIM-20 η = 1: learned v ≡ −1 vs fixed β̃: max difference {max:.2e}");
+    assert!(max < 1e-4, "{max}");
+
+    let n = 200_000;
+    let mut stds = Vec::new();
+    for (v, eta) in [(0.0, 1.0), (1.0, 1.0), (1.0, 0.5)] {
+        let sigma2: Vec<f64> = (0..ts.len())
+            .map(|k| {
+                let (at, an) = (ac[ts[k]], ts.get(k + 1).map_or(1.0, |&t| ac[t]));
+                if an >= 1.0 {
+                    return 0.0;
+                }
+                let beta = 1.0 - at / an;
+                let tilde = (1.0 - an) / (1.0 - at) * beta;
+                let frac = (v + 1.0) / 2.0;
+                (eta * eta * (frac * beta.ln() + (1.0 - frac) * tilde.ln()).exp()).min(1.0 - an)
+            })
+            .collect();
+        let (em, es) = exact_ddim_moments_with_noise(&fixed, &oracle, &ts, &sigma2);
+        let (m, s) = moments(&run(&learned, &with_v(v), eta, n));
+        println!("DDIM-20, v ≡ {v}, η = {eta}: mean {m:.4}, std {s:.4}; exact {em:.4}, {es:.4}");
+        // Standard errors ≈ 7e-4 (mean) and 5e-4 (std) at n = 200k.
+        assert!((m - em).abs() < 3e-3, "mean {m} vs {em}");
+        assert!((s - es).abs() < 3e-3, "std {s} vs {es}");
+        stds.push(es);
+    }
+    // The three settings are far apart, so ignoring the learned Σ could not pass.
+    let (_, fixed_std) = exact_ddim_moments_with_noise(
+        &fixed,
+        &oracle,
+        &ts,
+        &(0..ts.len())
+            .map(|k| {
+                let (at, an) = (ac[ts[k]], ts.get(k + 1).map_or(1.0, |&t| ac[t]));
+                (1.0 - an) / (1.0 - at) * (1.0 - at / an)
+            })
+            .collect::<Vec<_>>(),
+    );
+    for s in &stds {
+        assert!((s - fixed_std).abs() > 0.01, "{s} vs fixed {fixed_std}");
     }
 }

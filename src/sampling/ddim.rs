@@ -127,6 +127,9 @@ impl Sampler for Ddim {
         // Classifier guidance enters in ε form (Dhariwal & Nichol 2021, Alg. 2).
         let out = ctx.predict_guided_eps(x_t.clone(), self.timesteps[k]);
         let (x0, eps) = clipped_x0_eps(&x_t, out.pred_x0, out.eps, a_t, self.clip_x0);
+        if let Some(v) = out.var_values.filter(|_| self.eta > 0.0 && a_next < 1.0) {
+            return self.learned_sigma_step(ctx, &x_t, x0, eps, v, a_t, a_next);
+        }
         let sigma =
             self.eta * ((1.0 - a_next) / (1.0 - a_t)).sqrt() * (1.0 - a_t / a_next).max(0.0).sqrt();
         let dir = (1.0 - a_next - sigma * sigma).max(0.0).sqrt();
@@ -138,6 +141,36 @@ impl Sampler for Ddim {
                     .normal(x_t.dims(), &x_t.device())
                     .mul_scalar(sigma);
         }
+        StepOutput { prev, pred_x0: x0 }
+    }
+}
+
+impl Ddim {
+    /// The step with a learned variance: σ_t² = η²·Σ_θ, where Σ_θ interpolates the respaced
+    /// step's β_{t→t'} = 1 − ᾱ_t/ᾱ_{t'} and β̃_{t→t'} = (1−ᾱ_{t'})/(1−ᾱ_t)·β_{t→t'} with the
+    /// network's v (Nichol & Dhariwal 2021, eq. 15 on the respaced chain, their §4), per pixel,
+    /// and held to σ² ≤ 1 − ᾱ_{t'} so that eq. 12's direction term stays real. Any such σ keeps
+    /// q(x_{t'}|x₀) (Song et al. 2021, eq. 7), so the marginals are those of DDIM; v ≡ −1 is
+    /// exactly the fixed-variance η step.
+    #[allow(clippy::too_many_arguments)]
+    fn learned_sigma_step(
+        &self,
+        ctx: &mut StepContext<'_>,
+        x_t: &Tensor<4>,
+        x0: Tensor<4>,
+        eps: Tensor<4>,
+        v: Tensor<4>,
+        a_t: f64,
+        a_next: f64,
+    ) -> StepOutput {
+        let beta = (1.0 - a_t / a_next).max(1e-20);
+        let beta_tilde = ((1.0 - a_next) / (1.0 - a_t) * beta).max(1e-20);
+        let frac = (v + 1.0) * 0.5;
+        let log_var = frac.clone() * beta.ln() + (frac.neg() + 1.0) * beta_tilde.ln();
+        let var = (log_var.exp() * (self.eta * self.eta)).clamp_max(1.0 - a_next);
+        let dir = (var.clone().neg() + (1.0 - a_next)).clamp_min(0.0).sqrt();
+        let z = ctx.noise.normal(x_t.dims(), &x_t.device());
+        let prev = x0.clone().mul_scalar(a_next.sqrt()) + eps * dir + z * var.sqrt();
         StepOutput { prev, pred_x0: x0 }
     }
 }
