@@ -493,10 +493,10 @@ impl GaussianDiffusion {
     }
 
     /// The training loss of Algorithm 1 for one batch, given the network's raw output for
-    /// x_t = q_sample(x₀, t, ε). L_simple and min-SNR average over pixels and batch; L_vlb sums
-    /// the weighted squared error over pixels and averages over the batch. With a learned
-    /// variance, λ·T·L_{t−1} (bits/dim, the mean held fixed) is added: L_hybrid of Nichol &
-    /// Dhariwal 2021, eq. 16, with L_vlb = T·E_t[L_{t−1}].
+    /// x_t = q_sample(x₀, t, ε). L_simple and min-SNR average over pixels and batch; L_vlb is
+    /// the batch mean of [`GaussianDiffusion::vlb_per_sample`]. With a learned variance and
+    /// L_simple or min-SNR, λ·T·L_{t−1} (bits/dim, the mean held fixed) is added: L_hybrid of
+    /// Nichol & Dhariwal 2021, eq. 16, with L_vlb = T·E_t[L_{t−1}].
     pub fn training_loss(
         &self,
         raw: Tensor<4>,
@@ -505,24 +505,19 @@ impl GaussianDiffusion {
         x_t: Tensor<4>,
         t: &[usize],
     ) -> Tensor<1> {
+        if self.config.loss == LossType::Vlb {
+            return self.vlb_per_sample(raw, x0, eps, x_t, t).mean();
+        }
         let (pred, var_values) = self.split_output(raw.clone());
-        let [b, c, h, w] = pred.dims();
+        let b = pred.dims()[0];
         let target = self.target(x0.clone(), eps, t);
         let sq = (target - pred).square();
         let device = sq.device();
-        let mse = match self.config.loss {
-            LossType::Simple => sq.mean(),
-            LossType::MinSnr => {
-                let weights =
-                    Self::gather(&self.loss_weights(t), &(0..b).collect::<Vec<_>>(), &device);
-                (sq * weights).mean()
-            }
-            LossType::Vlb => {
-                let weights =
-                    Self::gather(&self.loss_weights(t), &(0..b).collect::<Vec<_>>(), &device);
-                let per_sample = (sq * weights).reshape([b, c * h * w]).sum_dim(1);
-                per_sample.mean()
-            }
+        let mse = if self.config.loss == LossType::MinSnr {
+            let weights = Self::gather(&self.loss_weights(t), &(0..b).collect::<Vec<_>>(), &device);
+            (sq * weights).mean()
+        } else {
+            sq.mean()
         };
         match var_values {
             None => mse,
@@ -537,6 +532,38 @@ impl GaussianDiffusion {
                     .mul_scalar(self.config.hybrid_lambda * self.num_timesteps() as f64)
             }
         }
+    }
+
+    /// Each sample's term of L_vlb, the single-t estimate whose batch mean is the `vlb` loss:
+    /// with a fixed variance, Ho et al. eq. 12's weighting of ‖ε − ε_θ‖² summed over pixels
+    /// (nats per image); with a learned variance, T·L_{t−1} in bits/dim with gradients to mean
+    /// and variance (Nichol & Dhariwal 2021's L_vlb objective). The importance sampler of t
+    /// records these values.
+    pub fn vlb_per_sample(
+        &self,
+        raw: Tensor<4>,
+        x0: Tensor<4>,
+        eps: Tensor<4>,
+        x_t: Tensor<4>,
+        t: &[usize],
+    ) -> Tensor<1> {
+        if self.config.variance == VarianceType::Learned {
+            let out = self.interpret(raw, x_t.clone(), t);
+            return self
+                .vb_terms_bits(&out, x0, x_t, t)
+                .mul_scalar(self.num_timesteps() as f64);
+        }
+        let [b, c, h, w] = raw.dims();
+        let sq = (self.target(x0, eps, t) - raw).square();
+        let weights = Self::gather(
+            &self.loss_weights(t),
+            &(0..b).collect::<Vec<_>>(),
+            &sq.device(),
+        );
+        (sq * weights)
+            .reshape([b, c * h * w])
+            .sum_dim(1)
+            .reshape([b])
     }
 
     /// L_{t−1} per sample in bits/dim on tensors (differentiable): the KL of Ho et al. eq. 5 for

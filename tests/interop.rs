@@ -66,6 +66,7 @@ fn make_run(run: &Path) -> (RunConfig, Vec<Vec<f32>>, Vec<Vec<f32>>) {
         wall_seconds: 1.0,
         images_seen: 28,
         loss: 0.5,
+        task_state: None,
     };
     save_checkpoint(run, &layout, &state, &meta, 2).unwrap();
     (config, raw, ema)

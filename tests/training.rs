@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion};
+use ddpm::diffusion::{DiffusionConfig, GaussianDiffusion, LossType, VarianceType};
 use ddpm::model::UNetConfig;
 use ddpm::params;
 use ddpm::sampling::NoiseSource;
@@ -13,6 +13,7 @@ use ddpm::train::checkpoint::{
     CheckpointMeta, latest_checkpoint, load_checkpoint, save_checkpoint,
 };
 use ddpm::train::optim::{OptimConfig, TrainState};
+use ddpm::train::resample::{LossSecondMomentSampler, SamplerState, TimestepSampling};
 use ddpm::train::trainer::collect_grads;
 use ddpm::train::{RunConfig, TrainConfig, Trainer};
 
@@ -114,6 +115,7 @@ fn checkpoint_round_trip() {
         wall_seconds: 1.5,
         images_seen: 64,
         loss: 0.25,
+        task_state: None,
     };
     let path = save_checkpoint(dir.path(), &layout, &state, &meta, 2).unwrap();
     assert_eq!(latest_checkpoint(dir.path()).unwrap().unwrap(), path);
@@ -365,4 +367,69 @@ fn every_checkpoint_redraws_the_loss_plot() {
     let rows = ddpm::train::session::read_loss_log(&run).unwrap();
     assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(rows.iter().all(|r| r.1.is_finite() && r.1 > 0.0));
+}
+
+#[test]
+fn importance_sampled_t_resumes_bit_for_bit_and_leaves_uniform_after_warm_up() {
+    // Nichol & Dhariwal's L_vlb with importance-sampled t: the sampler's loss history is part
+    // of the run's state, so a resumed run must draw the same t and land on the same weights.
+    let device = Device::flex();
+    let config = |steps: u64| {
+        let mut c = tiny_run_config(steps);
+        c.diffusion = DiffusionConfig {
+            num_timesteps: 20,
+            variance: VarianceType::Learned,
+            loss: LossType::Vlb,
+            ..Default::default()
+        };
+        c.model.out_channels = Some(2);
+        c.train.batch_size = 8;
+        c.train.t_sampling = TimestepSampling::Importance;
+        c
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    Trainer::create(&a, config(60), &device)
+        .unwrap()
+        .train()
+        .unwrap();
+    Trainer::create(&b, config(30), &device)
+        .unwrap()
+        .train()
+        .unwrap();
+    let mut resumed = Trainer::resume(&b, &device, |tc| tc.max_steps = Some(60)).unwrap();
+    assert_eq!(resumed.state.step, 30);
+    resumed.train().unwrap();
+    let (sa, sb) = (final_state(&a), final_state(&b));
+    let bits = |v: &Vec<Vec<f32>>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&sa.params) == bits(&sb.params), "weights differ");
+    assert!(bits(&sa.ema) == bits(&sb.ema), "EMA differs");
+
+    // 480 draws over 20 terms fill every history: p_t now follows the losses, not 1/T.
+    let meta = |run: &Path| -> CheckpointMeta {
+        let dir = latest_checkpoint(run).unwrap().unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
+    };
+    let (ma, mb) = (meta(&a), meta(&b));
+    assert_eq!(ma.task_state, mb.task_state);
+    let state: SamplerState = serde_json::from_value(ma.task_state.unwrap()).unwrap();
+    let sampler = LossSecondMomentSampler::from_state(20, &state).unwrap();
+    assert!(sampler.warmed_up());
+    let p = sampler.probabilities();
+    let (lo, hi) = p
+        .iter()
+        .fold((1.0f64, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    println!("importance sampling after 60 steps: p_t from {lo:.4} to {hi:.4} (uniform 0.05)");
+    assert!(hi > 2.0 * lo, "p_t still uniform: {p:?}");
+
+    // The sampler weights the bound's terms: other losses are refused by name.
+    let mut wrong = config(1);
+    wrong.diffusion.loss = LossType::Simple;
+    let err = format!(
+        "{:#}",
+        Trainer::create(&dir.path().join("c"), wrong, &device)
+            .err()
+            .unwrap()
+    );
+    assert!(err.contains("--loss vlb"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! `ddpm train`: Algorithm 1 into a run folder, or `--resume` one.
 
 use super::prelude::*;
+use ddpm::train::resample::TimestepSampling;
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {
@@ -93,6 +94,12 @@ pub(crate) struct TrainArgs {
     /// Share of labels dropped to the null label ∅ each step (classifier-free guidance).
     #[arg(long, default_value_t = TrainConfig::default().label_dropout)]
     pub(crate) label_dropout: f64,
+    /// How t is drawn: `uniform` (Ho et al. Algorithm 1) or `importance` (p_t ∝ √E[L_t²] over
+    /// the last 10 losses at each t, each loss weighted by 1/(T·p_t); Nichol & Dhariwal 2021,
+    /// eq. 17), which lowers the variance of `--loss vlb` (with `--variance learned`: their
+    /// L_vlb objective). Uniform until every t has 10 losses.
+    #[arg(long, value_enum, default_value_t = TrainConfig::default().t_sampling)]
+    pub(crate) t_sampling: TimestepSampling,
 }
 
 pub(crate) fn model_config(a: &TrainArgs) -> Result<UNetConfig> {
@@ -189,6 +196,7 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 preview_count: a.preview_count,
                 label_dropout: a.label_dropout,
+                t_sampling: a.t_sampling,
                 ..Default::default()
             },
         };
@@ -277,6 +285,10 @@ mod tests {
             )
         );
         assert_eq!(a.diffusion.config().unwrap(), DiffusionConfig::default());
+        assert_eq!(
+            (a.label_dropout, a.t_sampling),
+            (d.label_dropout, d.t_sampling)
+        );
 
         let c = Classifier::parse_from(["classifier", "--run", "r"]).a;
         let d = TrainConfig::classifier();

@@ -38,6 +38,10 @@ pub struct CheckpointMeta {
     /// Smoothed loss at save time (NaN when unknown: JSON writes it as null).
     #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+    /// The task's own state beyond weights and optimiser (e.g. the importance sampler's loss
+    /// history), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_state: Option<serde_json::Value>,
 }
 
 /// Reads a number written by serde_json, where NaN was written as `null`.
@@ -53,6 +57,7 @@ impl CheckpointMeta {
             wall_seconds: 0.0,
             images_seen: 0,
             loss: f64::NAN,
+            task_state: None,
         }
     }
 }

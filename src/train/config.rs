@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::optim::OptimConfig;
+use super::resample::TimestepSampling;
 use crate::diffusion::DiffusionConfig;
 use crate::model::UNetConfig;
 use crate::model::classifier::ClassifierConfig;
@@ -86,6 +87,10 @@ pub struct TrainConfig {
     /// 2022 use 0.1–0.2).
     #[serde(default = "default_label_dropout")]
     pub label_dropout: f64,
+    /// How Algorithm 1 draws t: uniformly, or by importance sampling for `--loss vlb`
+    /// (Nichol & Dhariwal 2021, eq. 17).
+    #[serde(default)]
+    pub t_sampling: TimestepSampling,
 }
 
 fn default_label_dropout() -> f64 {
@@ -110,6 +115,7 @@ impl Default for TrainConfig {
             preview_steps: 50,
             log_every: 20,
             label_dropout: default_label_dropout(),
+            t_sampling: TimestepSampling::Uniform,
         }
     }
 }

@@ -3,12 +3,14 @@
 //! optimiser step, run configurations, checkpoints, and opening finished runs ([`Run`]).
 //!
 //! Modules depend one way: `session` uses `config`, `optim` and `checkpoint`; `trainer` and
-//! `classifier` use `session`; `run` reads what they write.
+//! `classifier` use `session`, `trainer` also `resample` (how t is drawn); `run` reads what
+//! they write.
 
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod optim;
+pub mod resample;
 pub mod run;
 pub mod session;
 pub mod trainer;

@@ -57,6 +57,15 @@ pub trait Task: Sized {
     /// The `log.csv` row (without newline) and the progress-bar message after step `row.step`;
     /// resets the metrics gathered since the last row.
     fn log_row(&mut self, row: &LogRow) -> (String, String);
+    /// State of the task that a checkpoint must carry for a bit-exact resume (beyond weights,
+    /// EMA and optimiser), if any.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Restores [`Task::state`] from the checkpoint resumed (None when it had none).
+    fn restore(&mut self, _state: Option<&serde_json::Value>) -> Result<()> {
+        Ok(())
+    }
     /// Whether [`Task::preview`] writes anything.
     fn wants_preview(&self) -> bool {
         false
@@ -292,10 +301,12 @@ impl<T: Task> Session<T> {
     ) -> Result<Self> {
         let mut config = T::Config::load(run)?;
         update(config.train_mut());
-        let task = T::new(config)?;
+        let mut task = T::new(config)?;
         let layout = params::layout(&task.init(device));
         let found = load_newest_intact(run, &layout)
             .with_context(|| format!("resuming {}", run.display()))?;
+        task.restore(found.meta.task_state.as_ref())
+            .with_context(|| format!("resuming {}", found.dir.display()))?;
         let data = task.load_data()?;
         task.config().save(run)?;
         let mut skipped = Vec::new();
@@ -351,6 +362,7 @@ impl<T: Task> Session<T> {
     /// Checkpoint, then the loss plot from the log.
     fn save(&mut self) -> Result<PathBuf> {
         self.meta.step = self.state.step;
+        self.meta.task_state = self.task.state();
         let dir = save_checkpoint(
             &self.run,
             &self.layout,

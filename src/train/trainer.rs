@@ -4,7 +4,8 @@
 //! draws from the EMA weights.
 //!
 //! All randomness of step `n` (batch order, flips, t, ε, dropout) is a pure function of
-//! (seed, n), so a resumed run follows the uninterrupted trajectory bit for bit on the CPU.
+//! (seed, n) and, with importance-sampled t, of the sampler's loss history, which checkpoints
+//! carry; so a resumed run follows the uninterrupted trajectory bit for bit on the CPU.
 
 use std::path::Path;
 
@@ -14,9 +15,10 @@ use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::config::RunConfig;
+use super::resample::{LossSecondMomentSampler, SamplerState, TimestepSampling};
 use super::session::{LogRow, Session, Task};
 use crate::data::{self, ImageSet, Loader, Split};
-use crate::diffusion::GaussianDiffusion;
+use crate::diffusion::{GaussianDiffusion, LossType};
 use crate::model::UNet;
 use crate::sampling::{
     Conditioning, Ddim, LoopOptions, NoiseSource, Spacing, sample_loop_with, timestep_subsequence,
@@ -33,6 +35,8 @@ pub struct DiffusionTask {
     pub config: RunConfig,
     /// The diffusion process.
     pub diffusion: GaussianDiffusion,
+    /// The importance sampler of t (`t_sampling = importance`).
+    pub t_sampler: Option<LossSecondMomentSampler>,
 }
 
 /// The inputs of one step of Algorithm 1.
@@ -45,6 +49,8 @@ pub struct DiffusionBatch {
     pub t: Vec<usize>,
     /// The noise ε.
     pub eps: Tensor<4>,
+    /// Importance weights 1/(T·p_t) of the samples (importance-sampled t only).
+    pub weights: Option<Vec<f64>>,
 }
 
 /// A well-mixed stream seed for step `step` of a run with `seed` (`salt` picks the stream).
@@ -133,7 +139,23 @@ impl Task for DiffusionTask {
                 config.train.label_dropout
             );
         }
-        Ok(DiffusionTask { config, diffusion })
+        let t_sampler = match config.train.t_sampling {
+            TimestepSampling::Uniform => None,
+            TimestepSampling::Importance => {
+                if config.diffusion.loss != LossType::Vlb {
+                    bail!(
+                        "importance sampling of t weights the terms of the bound: it needs --loss vlb (this run has {:?})",
+                        config.diffusion.loss
+                    );
+                }
+                Some(LossSecondMomentSampler::new(diffusion.num_timesteps()))
+            }
+        };
+        Ok(DiffusionTask {
+            config,
+            diffusion,
+            t_sampler,
+        })
     }
 
     fn config(&self) -> &RunConfig {
@@ -154,9 +176,18 @@ impl Task for DiffusionTask {
         let (x0, labels) = loader.batch(step, device);
         let b = x0.dims()[0];
         let mut rng = StdRng::seed_from_u64(mix(tc.seed, step, 1));
-        let t: Vec<usize> = (0..b)
-            .map(|_| rng.random_range(0..self.diffusion.num_timesteps()))
-            .collect();
+        let (t, weights) = match &self.t_sampler {
+            Some(s) => {
+                let (t, w) = s.sample(&mut rng, b);
+                (t, Some(w))
+            }
+            None => (
+                (0..b)
+                    .map(|_| rng.random_range(0..self.diffusion.num_timesteps()))
+                    .collect(),
+                None,
+            ),
+        };
         let mut noise = NoiseSource::new(mix(tc.seed, step, 2));
         let eps = noise.normal(x0.dims(), device);
         // Label dropout to ∅ (label K), drawn from its own stream so unconditional runs see
@@ -174,18 +205,77 @@ impl Task for DiffusionTask {
                 })
                 .collect()
         });
-        DiffusionBatch { x0, t, eps, labels }
+        DiffusionBatch {
+            x0,
+            t,
+            eps,
+            labels,
+            weights,
+        }
     }
 
     fn loss(&mut self, model: &UNet, batch: DiffusionBatch, step: u64) -> Tensor<1> {
-        let DiffusionBatch { x0, t, eps, labels } = batch;
+        let DiffusionBatch {
+            x0,
+            t,
+            eps,
+            labels,
+            weights,
+        } = batch;
         let x_t = self.diffusion.q_sample(x0.clone(), &t, eps.clone());
         if self.config.model.dropout > 0.0 {
             model.devices()[0].seed(mix(self.config.train.seed, step, 3));
         }
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
         let raw = model.forward_with(x_t.clone(), &tf, labels.as_deref(), true);
-        self.diffusion.training_loss(raw, x0, eps, x_t, &t)
+        match (&mut self.t_sampler, weights) {
+            (Some(sampler), Some(w)) => {
+                // Nichol & Dhariwal 2021, eq. 17: record the unweighted terms, then weight each
+                // by 1/(T·p_t) so that the batch mean stays an unbiased estimate of L_vlb/T.
+                let terms = self.diffusion.vlb_per_sample(raw, x0, eps, x_t, &t);
+                let values = terms
+                    .clone()
+                    .into_data()
+                    .convert::<f64>()
+                    .try_into_vec::<f64>()
+                    .expect("a float tensor converts to f64");
+                sampler.update(&t, &values);
+                let device = terms.device();
+                let w = Tensor::<1>::from_data(
+                    burn::tensor::TensorData::new(
+                        w.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                        [w.len()],
+                    ),
+                    &device,
+                );
+                (terms * w).mean()
+            }
+            _ => self.diffusion.training_loss(raw, x0, eps, x_t, &t),
+        }
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        self.t_sampler
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s.state()).ok())
+    }
+
+    fn restore(&mut self, state: Option<&serde_json::Value>) -> Result<()> {
+        let Some(sampler) = &mut self.t_sampler else {
+            return Ok(());
+        };
+        match state {
+            Some(v) => {
+                let s: SamplerState = serde_json::from_value(v.clone())
+                    .context("state.json: unreadable importance-sampler state")?;
+                *sampler = LossSecondMomentSampler::from_state(self.diffusion.num_timesteps(), &s)
+                    .context("state.json")?;
+            }
+            None => bail!(
+                "state.json: the run samples t by importance but the checkpoint has no sampler state"
+            ),
+        }
+        Ok(())
     }
 
     fn log_row(&mut self, r: &LogRow) -> (String, String) {
