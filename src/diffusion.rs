@@ -567,9 +567,11 @@ impl GaussianDiffusion {
     }
 
     /// L_{t−1} per sample in bits/dim on tensors (differentiable): the KL of Ho et al. eq. 5 for
-    /// t > 1 and the discretised decoder's −log p(x₀|x₁) at t = 1, with x̂₀ clipped as in the
-    /// bound. The decoder uses the tanh approximation of Φ (Page 1977), as the reference
-    /// training code; `likelihood` evaluates the exact one.
+    /// t > 1 and the discretised decoder's −log p(x₀|x₁) at t = 1, with x̂₀ not clipped, as in
+    /// the reference training code (a clamp would cut pure L_vlb's gradient to the mean at
+    /// saturated pixels; the evaluated bound, `likelihood`, clips). The decoder uses the tanh
+    /// approximation of Φ (Page 1977), as the reference training code; `likelihood` evaluates
+    /// the exact one.
     pub fn vb_terms_bits(
         &self,
         out: &ModelOutput,
@@ -579,7 +581,7 @@ impl GaussianDiffusion {
     ) -> Tensor<1> {
         let [b, c, h, w] = x0.dims();
         let device = x0.device();
-        let p = self.p_mean_variance(out, x_t.clone(), t, true);
+        let p = self.p_mean_variance(out, x_t.clone(), t, false);
         let (true_mean, _, true_log_var) = self.q_posterior_mean_variance(x0.clone(), x_t, t);
         // KL(N(μ1, v1) ‖ N(μ2, v2)) = ½(−1 + log v2 − log v1 + v1/v2 + (μ1 − μ2)²/v2).
         let kl = ((p.log_variance.clone() - true_log_var.clone()).add_scalar(-1.0)
