@@ -31,9 +31,11 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// CPU kernels: `auto` (this crate's kernels, each convolution on the faster of the
-    /// direct kernel and im2col + GEMM), `gemm` (every convolution as im2col + GEMM), `direct`
-    /// (the direct kernel for every stride-1 convolution; AVX-512 only) or `burn` (burn's own
-    /// ops). BENCHMARKS.md compares them.
+    /// direct kernel and im2col + GEMM, timed once per shape on this machine and remembered in
+    /// ~/.cache/ddpm/conv-choices.json; runs record theirs in checkpoints), `rule` (the same
+    /// kernels chosen by a fixed size limit), `gemm` (every convolution as im2col + GEMM),
+    /// `direct` (the direct kernel for every stride-1 convolution; AVX-512 only) or `burn`
+    /// (burn's own ops). BENCHMARKS.md compares them.
     #[arg(long, global = true, default_value = "auto")]
     kernels: ddpm::kernels::KernelPolicy,
     /// Memory allocator settings: `tuned` (freed buffers stay in the heap; see BENCHMARKS.md)
@@ -83,6 +85,10 @@ fn main() {
         ddpm::tune_allocator();
     }
     ddpm::kernels::set_policy(cli.kernels);
+    if cli.kernels == ddpm::kernels::KernelPolicy::Auto {
+        let cache = ddpm::metrics::evaluate::cache_dir().join("conv-choices.json");
+        ddpm::kernels::tune::enable(Some(&cache));
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

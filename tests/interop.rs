@@ -67,6 +67,7 @@ fn make_run(run: &Path) -> (RunConfig, Vec<Vec<f32>>, Vec<Vec<f32>>) {
         images_seen: 28,
         loss: 0.5,
         task_state: None,
+        kernel_choices: None,
     };
     save_checkpoint(run, &layout, &state, &meta, 2).unwrap();
     (config, raw, ema)

@@ -32,6 +32,11 @@ fn policies_pick_the_documented_implementation() {
     if !avx512 {
         println!("no AVX-512 here: the direct kernel never applies");
     }
+    // `auto` without the tuner (library default; the CLI turns it on) follows the size rule.
+    assert!(!ddpm::kernels::tune::enabled());
+    assert_eq!(direct_applies(&narrow), avx512);
+    assert!(!direct_applies(&wide));
+    set_policy(KernelPolicy::Rule);
     assert_eq!(direct_applies(&narrow), avx512);
     assert!(!direct_applies(&wide));
     set_policy(KernelPolicy::Direct);

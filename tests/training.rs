@@ -116,6 +116,7 @@ fn checkpoint_round_trip() {
         images_seen: 64,
         loss: 0.25,
         task_state: None,
+        kernel_choices: None,
     };
     let path = save_checkpoint(dir.path(), &layout, &state, &meta, 2).unwrap();
     assert_eq!(latest_checkpoint(dir.path()).unwrap().unwrap(), path);

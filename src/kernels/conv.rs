@@ -57,7 +57,7 @@ impl ConvGeom {
     }
 
     /// Rows of the patch matrix: C_in·k·k.
-    fn col_rows(&self) -> usize {
+    pub(crate) fn col_rows(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
 
@@ -66,7 +66,7 @@ impl ConvGeom {
         self.out_h() * self.out_w()
     }
 
-    fn in_len(&self) -> usize {
+    pub(crate) fn in_len(&self) -> usize {
         self.c_in * self.h * self.w
     }
 
@@ -358,14 +358,32 @@ fn direct_fits(g: &ConvGeom) -> bool {
 }
 
 /// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout) with
-/// AVX-512, and under [`KernelPolicy::Auto`] small enough ([`DIRECT_MAX_DEPTH`],
-/// [`DIRECT_MAX_CHANNELS`]); never under [`KernelPolicy::Gemm`].
+/// AVX-512, and under [`KernelPolicy::Auto`] the faster on this machine once the tuner is on
+/// ([`super::tune`]), else small enough ([`DIRECT_MAX_DEPTH`], [`DIRECT_MAX_CHANNELS`]); under
+/// [`KernelPolicy::Rule`] always by that size rule; never under [`KernelPolicy::Gemm`].
 pub fn direct_applies(g: &ConvGeom) -> bool {
     let possible = g.is_wide() && super::direct::available();
     match super::policy::policy() {
-        KernelPolicy::Auto => possible && direct_fits(g),
+        KernelPolicy::Auto => {
+            possible && super::tune::choose(g, direct_fits) == super::tune::Algo::Direct
+        }
+        KernelPolicy::Rule => possible && direct_fits(g),
         KernelPolicy::Direct => possible,
         KernelPolicy::Gemm | KernelPolicy::Burn => false,
+    }
+}
+
+/// Whether the input gradient of `g` runs on the direct kernel, as the stride-1 convolution
+/// `gt` of `dy` with the flipped kernel: under [`KernelPolicy::Auto`] and
+/// [`KernelPolicy::Rule`] decided for `gt` as [`direct_applies`] decides; under
+/// [`KernelPolicy::Direct`] whenever `gt` fits the size rule.
+fn direct_input_grad(g: &ConvGeom, gt: &ConvGeom) -> bool {
+    match super::policy::policy() {
+        KernelPolicy::Direct => direct_fits(gt),
+        _ => direct_applies(&ConvGeom {
+            batch: g.batch,
+            ..*gt
+        }),
     }
 }
 
@@ -527,11 +545,18 @@ pub fn conv2d_backward(
     dy: &[f32],
     want: [bool; 3],
 ) -> ConvGrads {
-    conv2d_backward_with(g, x, weight, dy, want, direct_applies(g))
+    let direct_possible = g.is_wide()
+        && super::direct::available()
+        && !matches!(
+            super::policy::policy(),
+            KernelPolicy::Gemm | KernelPolicy::Burn
+        );
+    conv2d_backward_with(g, x, weight, dy, want, direct_possible)
 }
 
-/// [`conv2d_backward`] with the algorithm of the input gradient chosen by the caller (see
-/// [`conv2d_forward_with`]); the weight gradient is always a GEMM.
+/// [`conv2d_backward`] with the direct kernel allowed (`direct`) or not for the input gradient
+/// (see [`conv2d_forward_with`]); where allowed, the policy decides per shape (the gradient is
+/// a convolution of its own shape). The weight gradient is always a GEMM.
 pub fn conv2d_backward_with(
     g: &ConvGeom,
     x: &[f32],
@@ -541,7 +566,7 @@ pub fn conv2d_backward_with(
     direct: bool,
 ) -> ConvGrads {
     let grad_geom = if direct {
-        input_grad_geom(g).filter(direct_fits)
+        input_grad_geom(g).filter(|gt| direct_input_grad(g, gt))
     } else {
         None
     };

@@ -14,6 +14,7 @@ pub mod norm;
 pub mod policy;
 pub mod pool;
 pub mod simd;
+pub mod tune;
 
 pub use policy::{KernelPolicy, policy, set_policy};
 

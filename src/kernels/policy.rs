@@ -9,11 +9,16 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Other devices (wgpu) always use burn's ops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelPolicy {
-    /// This crate's kernels; each convolution picks its algorithm: the direct kernel for
-    /// stride-1 layers small enough for it to win (with AVX-512), im2col + GEMM otherwise
-    /// (BENCHMARKS.md has the measurements behind the limits).
+    /// This crate's kernels; each stride-1 convolution (with AVX-512) runs on the faster of
+    /// the direct kernel and im2col + GEMM, measured per shape on this machine once the tuner
+    /// is on (`kernels::tune`; the CLI turns it on), by [`KernelPolicy::Rule`]'s limits
+    /// before that.
     #[default]
     Auto,
+    /// This crate's kernels, the direct kernel for stride-1 layers within a fixed size limit
+    /// (≤ 64 output channels, C_in·k·k ≤ 576; tuned on a Zen 5 EPYC, BENCHMARKS.md), im2col +
+    /// GEMM otherwise.
+    Rule,
     /// This crate's kernels, every convolution as im2col + GEMM.
     Gemm,
     /// This crate's kernels, the direct kernel for every stride-1 convolution whatever its
@@ -25,8 +30,9 @@ pub enum KernelPolicy {
 
 impl KernelPolicy {
     /// Every policy, in the order of [`KernelPolicy::name`]'s documentation.
-    pub const ALL: [KernelPolicy; 4] = [
+    pub const ALL: [KernelPolicy; 5] = [
         KernelPolicy::Auto,
+        KernelPolicy::Rule,
         KernelPolicy::Gemm,
         KernelPolicy::Direct,
         KernelPolicy::Burn,
@@ -36,6 +42,7 @@ impl KernelPolicy {
     pub fn name(self) -> &'static str {
         match self {
             KernelPolicy::Auto => "auto",
+            KernelPolicy::Rule => "rule",
             KernelPolicy::Gemm => "gemm",
             KernelPolicy::Direct => "direct",
             KernelPolicy::Burn => "burn",
@@ -56,7 +63,9 @@ impl FromStr for KernelPolicy {
         KernelPolicy::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown kernel policy `{s}` (auto, gemm, direct or burn)"))
+            .ok_or_else(|| {
+                format!("unknown kernel policy `{s}` (auto, rule, gemm, direct or burn)")
+            })
     }
 }
 

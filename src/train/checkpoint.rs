@@ -42,6 +42,10 @@ pub struct CheckpointMeta {
     /// history), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_state: Option<serde_json::Value>,
+    /// The convolution algorithm chosen per shape (`kernels::tune`), pinned again on resume so
+    /// that the resumed run computes with the same kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_choices: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Reads a number written by serde_json, where NaN was written as `null`.
@@ -58,6 +62,7 @@ impl CheckpointMeta {
             images_seen: 0,
             loss: f64::NAN,
             task_state: None,
+            kernel_choices: None,
         }
     }
 }

@@ -307,6 +307,9 @@ impl<T: Task> Session<T> {
             .with_context(|| format!("resuming {}", run.display()))?;
         task.restore(found.meta.task_state.as_ref())
             .with_context(|| format!("resuming {}", found.dir.display()))?;
+        if let Some(choices) = &found.meta.kernel_choices {
+            crate::kernels::tune::pin(choices);
+        }
         let data = task.load_data()?;
         task.config().save(run)?;
         let mut skipped = Vec::new();
@@ -363,6 +366,8 @@ impl<T: Task> Session<T> {
     fn save(&mut self) -> Result<PathBuf> {
         self.meta.step = self.state.step;
         self.meta.task_state = self.task.state();
+        let choices = crate::kernels::tune::snapshot();
+        self.meta.kernel_choices = (!choices.is_empty()).then_some(choices);
         let dir = save_checkpoint(
             &self.run,
             &self.layout,
