@@ -47,7 +47,7 @@ pictures() { # SDEdit and RePaint on the ε model
   mkdir -p "$P"
   python3 scripts/make_edit_inputs.py "$E" || { echo "pictures skipped: needs numpy and Pillow"; return 0; }
   for i in 00 01 02; do
-    run "sdedit-$i" sample --run "$DIR/eps" --init "$E/strokes$i.png" --strength 0.6 --n 7 \
+    run "sdedit-$i" sample --run "$DIR/eps" --init "$E/strokes$i.png" --strength 0.5 --n 7 \
       --sampler ddim --steps 50 --seed 2 --out "$P/sdedit-$i.png" --out-dir "$P/sdedit-$i"
   done
   for i in 00 06; do
