@@ -83,7 +83,8 @@ lane_b() {
       --seed 1 --out "$DIR/pictures/cfg-w$w.png"
   done
   [ -d "$DIR/judge" ] || run train-judge classifier train --run "$DIR/judge" --data fashion-mnist \
-    --clean --hflip --minutes 8 --quiet
+    --clean --hflip --minutes 18 --quiet
+  run judge-eval classifier eval --run "$DIR/judge" --data fashion-mnist --split test --n 10000
   train v --prediction v
   train hybrid --variance learned
   # w = 1 is the conditional model itself (one network call); the others use CFG's doubled call.
