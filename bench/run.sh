@@ -12,7 +12,9 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(n
 for p in "${presets[@]}"; do
   echo "== $p: ddpm with burn-flex's own ops (--kernels burn: the 'before')"
   ./target/release/ddpm --threads "$THREADS" --kernels burn bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
-  echo "== $p: ddpm (burn-flex + src/kernels)"
+  echo "== $p: ddpm (burn-flex + src/kernels, the direct kernel by the fixed size rule: --kernels rule)"
+  ./target/release/ddpm --threads "$THREADS" --kernels rule bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
+  echo "== $p: ddpm (burn-flex + src/kernels, algorithms tuned per shape on this machine: --kernels auto)"
   ./target/release/ddpm --threads "$THREADS" bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
   if python3 -c "import torch, diffusers" 2>/dev/null; then
     echo "== $p: PyTorch peer"
