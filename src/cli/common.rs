@@ -60,7 +60,8 @@ pub(crate) struct SamplingArgs {
     /// Steps of ddim, dpm-solver++ and heun (heun makes 2·steps − 1 network calls).
     #[arg(long, default_value_t = 50)]
     pub(crate) steps: usize,
-    /// DDIM: η (0 deterministic, 1 ≈ DDPM).
+    /// DDIM: η (0 deterministic, 1 ≈ DDPM). With a learned variance the step's noise is
+    /// σ² = η²·Σ_θ of the respaced step (docs/math.md §12).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) eta: f64,
     /// Timestep spacing: `quadratic` (the DDIM paper's CIFAR-10 choice), `linear`, or `karras`
