@@ -31,3 +31,20 @@ impl NoiseSource {
         Tensor::from_data(TensorData::new(v, shape), device)
     }
 }
+
+/// Deterministic pseudo-random values in [−range, range) from a 64-bit LCG
+/// (Knuth's MMIX constants); `first_increment` picks the stream's start as the kernels' tests have it.
+/// Cheap and backend-free: for test data and the kernel tuner's timing inputs, not for sampling.
+pub fn lcg_values(n: usize, seed: u64, first_increment: u64, range: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(first_increment);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * range - range
+        })
+        .collect()
+}

@@ -11,7 +11,7 @@ use ddpm::sampling::{Ddim, NoiseSource, Spacing, sample_loop, timestep_subsequen
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 mod common;
-use common::discretised_gaussian;
+use common::{discretised_gaussian, moments};
 
 const M: f64 = 0.1;
 const S: f64 = 0.3;
@@ -204,14 +204,6 @@ fn training_the_variance_head_alone_approaches_the_analytic_variance() {
     }
 }
 
-/// Mean and (n−1) std of a sample.
-fn moments(v: &[f32]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / (n - 1.0);
-    (m, var.sqrt())
-}
-
 #[test]
 fn ddim_with_eta_uses_the_learned_variance_of_the_respaced_step() {
     // DDIM with η > 0 and a learned variance: σ_k² = η²·Σ_θ, Σ_θ interpolating β and β̃ of the
@@ -253,10 +245,9 @@ fn ddim_with_eta_uses_the_learned_variance_of_the_respaced_step() {
     println!("DDIM-20 η = 1: learned v ≡ −1 vs fixed β̃: max difference {max:.2e}");
     assert!(max < 1e-4, "{max}");
 
-    let n = 200_000;
-    let mut stds = Vec::new();
-    for (v, eta) in [(0.0, 1.0), (1.0, 1.0), (1.0, 0.5)] {
-        let sigma2: Vec<f64> = (0..ts.len())
+    // σ_k² = η²·exp(frac·log β + (1 − frac)·log β̃) of each respaced step, at most 1 − ᾱ'.
+    let sigma2 = |v: f64, eta: f64| -> Vec<f64> {
+        (0..ts.len())
             .map(|k| {
                 let (at, an) = (ac[ts[k]], ts.get(k + 1).map_or(1.0, |&t| ac[t]));
                 if an >= 1.0 {
@@ -267,27 +258,26 @@ fn ddim_with_eta_uses_the_learned_variance_of_the_respaced_step() {
                 let frac = (v + 1.0) / 2.0;
                 (eta * eta * (frac * beta.ln() + (1.0 - frac) * tilde.ln()).exp()).min(1.0 - an)
             })
+            .collect()
+    };
+    let n = 200_000;
+    let mut stds = Vec::new();
+    for (v, eta) in [(0.0, 1.0), (1.0, 1.0), (1.0, 0.5)] {
+        let (em, es) = exact_ddim_moments_with_noise(&fixed, &oracle, &ts, &sigma2(v, eta));
+        let x: Vec<f64> = run(&learned, &with_v(v), eta, n)
+            .into_iter()
+            .map(f64::from)
             .collect();
-        let (em, es) = exact_ddim_moments_with_noise(&fixed, &oracle, &ts, &sigma2);
-        let (m, s) = moments(&run(&learned, &with_v(v), eta, n));
+        let (m, s) = moments(&x);
         println!("DDIM-20, v ≡ {v}, η = {eta}: mean {m:.4}, std {s:.4}; exact {em:.4}, {es:.4}");
         // Standard errors ≈ 7e-4 (mean) and 5e-4 (std) at n = 200k.
         assert!((m - em).abs() < 3e-3, "mean {m} vs {em}");
         assert!((s - es).abs() < 3e-3, "std {s} vs {es}");
         stds.push(es);
     }
-    // The three settings are far apart, so ignoring the learned Σ could not pass.
-    let (_, fixed_std) = exact_ddim_moments_with_noise(
-        &fixed,
-        &oracle,
-        &ts,
-        &(0..ts.len())
-            .map(|k| {
-                let (at, an) = (ac[ts[k]], ts.get(k + 1).map_or(1.0, |&t| ac[t]));
-                (1.0 - an) / (1.0 - at) * (1.0 - at / an)
-            })
-            .collect::<Vec<_>>(),
-    );
+    // The three settings are far apart, so ignoring the learned Σ could not pass: the fixed
+    // η = 1 step is v ≡ −1 (σ² = β̃ of each respaced step).
+    let (_, fixed_std) = exact_ddim_moments_with_noise(&fixed, &oracle, &ts, &sigma2(-1.0, 1.0));
     for s in &stds {
         assert!((s - fixed_std).abs() > 0.01, "{s} vs fixed {fixed_std}");
     }

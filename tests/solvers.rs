@@ -10,6 +10,9 @@ use ddpm::sampling::{
     Conditioning, LoopOptions, NoiseSource, Sampler, SamplerConfig, Spacing, sample_loop_with,
 };
 
+mod common;
+use common::moments;
+
 fn values(x: Tensor<4>) -> Vec<f64> {
     x.into_data()
         .convert::<f32>()
@@ -18,13 +21,6 @@ fn values(x: Tensor<4>) -> Vec<f64> {
         .into_iter()
         .map(|v| v as f64)
         .collect()
-}
-
-fn moments(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
-    (m, var.sqrt())
 }
 
 fn samplers(steps: usize) -> Vec<SamplerConfig> {

@@ -151,19 +151,8 @@ fn best_of_three(mut f: impl FnMut()) -> f64 {
 
 /// Times both algorithms on random data of shape `g` (seconds: direct, GEMM).
 pub fn measure(g: &ConvGeom) -> (f64, f64) {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut random = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    };
-    let x = random(g.batch * g.in_len());
-    let w = random(g.c_out * g.col_rows());
+    let x = crate::noise::lcg_values(g.batch * g.in_len(), 1, 1, 0.5);
+    let w = crate::noise::lcg_values(g.c_out * g.col_rows(), 2, 1, 0.5);
     let direct = best_of_three(|| {
         std::hint::black_box(conv2d_forward_with(g, &x, &w, None, true));
     });

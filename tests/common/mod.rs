@@ -5,6 +5,15 @@ use std::path::PathBuf;
 
 use ddpm::likelihood::standard_normal_cdf;
 
+/// Mean and (n − 1) standard deviation of a sample.
+#[allow(dead_code)]
+pub fn moments(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+    (m, var.sqrt())
+}
+
 /// The fixtures folder: `$DDPM_FIXTURES` (what scripts/make-fixtures.sh writes), else the
 /// project's `../shared/data`.
 #[allow(dead_code)]
