@@ -42,6 +42,12 @@ struct Cli {
     /// or `default` (glibc's defaults).
     #[arg(long, global = true, default_value = "tuned", value_parser = ["tuned", "default"])]
     malloc: String,
+    /// Arithmetic of the U-Net's convolutions when sampling and evaluating: `f32`, or `bf16`
+    /// (operands rounded to bfloat16, sums in f32; CPUs with AVX512_BF16: AMD Zen 4+, Intel
+    /// Sapphire Rapids+). Training, its gradients and the FID network always compute in f32.
+    /// BENCHMARKS.md has the speed, the README the FID of bf16 against f32 samples.
+    #[arg(long, global = true, default_value = "f32")]
+    precision: ddpm::kernels::Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,6 +109,42 @@ fn run(cli: Cli) -> Result<()> {
             .ok();
     }
     let device = pick_device(&cli.device)?;
+    let precision = cli.precision;
+    if precision == ddpm::kernels::Precision::Bf16 {
+        check_bf16(&cli.command, &device)?;
+    }
+    ddpm::kernels::with_precision(precision, || dispatch(cli, &device))
+}
+
+/// `--precision bf16` is for sampling and evaluation on the CPU.
+fn check_bf16(command: &Command, device: &burn::tensor::Device) -> Result<()> {
+    use anyhow::bail;
+    if !ddpm::kernels::is_cpu(device) {
+        bail!(
+            "--precision bf16 runs the CPU's AVX512_BF16 kernels; burn 0.22 has no mixed-precision \
+             (autocast) path for GPU backends, so GPUs compute in f32 (omit --precision)"
+        );
+    }
+    if let Err(e) = ddpm::kernels::Precision::Bf16.check_cpu() {
+        bail!("{e}");
+    }
+    match command {
+        Command::Sample(_)
+        | Command::Demo(_)
+        | Command::Bench(_)
+        | Command::Eval(_)
+        | Command::Encode(_)
+        | Command::Interpolate(_)
+        | Command::Classifier(ClassifierCommand::Eval(_)) => Ok(()),
+        _ => bail!(
+            "--precision bf16 applies to sampling and evaluation (sample, eval, encode, \
+             interpolate, demo and bench's sampling); this command computes in f32, omit it"
+        ),
+    }
+}
+
+fn dispatch(cli: Cli, device: &burn::tensor::Device) -> Result<()> {
+    let device = device.clone();
     match cli.command {
         Command::Train(a) => cmd_train(a, &device),
         Command::Sample(a) => cmd_sample(a, &device),

@@ -133,6 +133,24 @@ fn bad_input_gives_clear_errors() {
     // Sampling from a folder that is not a run.
     let (ok, _, err) = ddpm(&["sample", "--run", dir.path().to_str().unwrap()]);
     assert!(!ok && err.contains("config.json"), "{err}");
+    // bf16 is for sampling and evaluation: training refuses it by name (or, on a CPU
+    // without AVX512_BF16, names the missing feature).
+    let (ok, _, err) = ddpm(&[
+        "train",
+        "--run",
+        run.to_str().unwrap(),
+        "--precision",
+        "bf16",
+        "--steps",
+        "1",
+    ]);
+    assert!(
+        !ok && err.contains("--precision bf16")
+            && (err.contains("sampling and evaluation") || err.contains("avx512bf16")),
+        "{err}"
+    );
+    let (ok, _, err) = ddpm(&["sample", "--precision", "fp8"]);
+    assert!(!ok && err.contains("fp8"), "{err}");
     // --help explains the commands.
     let (ok, out, _) = ddpm(&["--help"]);
     assert!(ok && out.contains("train") && out.contains("sample") && out.contains("demo"));

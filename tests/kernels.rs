@@ -106,6 +106,47 @@ fn conv2d_kernel_without_autodiff_matches_burn() {
     );
 }
 
+/// Inside a bf16 scope, inference convolutions run on the bf16 kernel (close to f32, not
+/// equal), while a convolution recorded for backpropagation stays exactly f32, and so do its
+/// gradients.
+#[test]
+fn bf16_scope_applies_to_inference_only() {
+    use ddpm::kernels::{Precision, with_precision};
+    if Precision::Bf16.check_cpu().is_err() {
+        println!("no AVX512_BF16 here: the bf16 scope is not tested");
+        return;
+    }
+    let device = Device::flex();
+    let conv: Conv2d = Conv2dConfig::new([6, 10], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let x = Tensor::<4>::random([3, 6, 11, 10], Distribution::Normal(0.0, 1.0), &device);
+    let f32_y = values(ddpm::kernels::conv2d(&conv, x.clone()));
+    let bf16_y = values(with_precision(Precision::Bf16, || {
+        ddpm::kernels::conv2d(&conv, x.clone())
+    }));
+    assert_ne!(f32_y, bf16_y, "bf16 scope had no effect");
+    assert_close("bf16 y", bf16_y, f32_y, 1e-2);
+
+    let device = Device::flex().autodiff();
+    let conv: Conv2d = Conv2dConfig::new([6, 10], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let x =
+        Tensor::<4>::random([3, 6, 11, 10], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let run = || {
+        let y = ddpm::kernels::conv2d(&conv, x.clone());
+        let g = y.clone().powi_scalar(2).sum().backward();
+        (values(y), values(x.grad(&g).unwrap()))
+    };
+    let plain = run();
+    let scoped = with_precision(Precision::Bf16, run);
+    assert_eq!(
+        plain, scoped,
+        "training path must stay f32 inside a bf16 scope"
+    );
+}
+
 /// GroupNorm (+ SiLU) written with burn's ops, as the model had it before the fused kernel.
 fn group_norm_reference(
     x: Tensor<4>,

@@ -174,7 +174,10 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
             );
         }
     }
-    println!("sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass)");
+    println!(
+        "sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass, {} convolutions)",
+        ddpm::kernels::precision::current()
+    );
     println!(
         "           = {:.3} images/s for 1000-step DDPM, {:.2} images/s for 50-step DDIM",
         fwd_ips / 1000.0,

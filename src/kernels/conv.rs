@@ -526,6 +526,78 @@ pub fn conv2d_forward_with(
     y
 }
 
+/// Whether [`conv2d_forward_bf16`] can run `g`: stride-1 convolutions (the wide layout, or
+/// 1×1 without padding) on a CPU with AVX512_BF16.
+pub fn bf16_applies(g: &ConvGeom) -> bool {
+    (g.is_wide() || g.is_pointwise()) && super::precision::bf16_available()
+}
+
+/// [`conv2d_forward`] with bf16 operands and f32 accumulation ([`super::precision`]): the
+/// input and the weights are rounded to bfloat16, every product is exact in f32 and the sums
+/// are f32, so the result is the f32 convolution of the rounded operands up to summation
+/// order. Only where [`bf16_applies`].
+pub fn conv2d_forward_bf16(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(bf16_applies(g), "conv2d: bf16 kernel does not apply");
+    assert_eq!(x.len(), g.batch * g.in_len(), "conv2d: input size");
+    assert_eq!(weight.len(), g.c_out * g.col_rows(), "conv2d: weight size");
+    let p = g.out_pixels();
+    let mut y = vec![0f32; g.batch * g.c_out * p];
+    if y.is_empty() {
+        return y;
+    }
+    let taps = g.kh * g.kw;
+    let wt = super::direct::pack_weights_bf16(weight, g.c_out, g.c_in, taps);
+    let pairs = g.c_in.div_ceil(2);
+    // A 1×1 convolution reads its input planes as they are: one tap at offset 0.
+    let (offs, plane) = if g.is_pointwise() {
+        (vec![0], p)
+    } else {
+        (wide_offsets(g), g.padded_plane())
+    };
+    let n = g.gemm_n();
+    let image = |b: usize, y_img: &mut [f32], work: &mut (Work, Vec<u32>)| {
+        let x_img = &x[b * g.in_len()..][..g.in_len()];
+        let (work, xpair) = work;
+        if g.is_pointwise() {
+            super::direct::pair_planes(x_img, plane, g.c_in, xpair);
+            super::direct::conv_image_bf16(
+                xpair, plane, pairs, &offs, &wt, g.c_out, bias, n, y_img,
+            );
+            return;
+        }
+        work.pad.resize(g.padded_len(), 0.0);
+        pad_image(g, x_img, &mut work.pad);
+        super::direct::pair_planes(&work.pad, plane, g.c_in, xpair);
+        work.wide.resize(g.c_out * n, 0.0);
+        super::direct::conv_image_bf16(
+            xpair,
+            plane,
+            pairs,
+            &offs,
+            &wt,
+            g.c_out,
+            bias,
+            n,
+            &mut work.wide,
+        );
+        crop_wide(g, g.c_out, &work.wide, y_img);
+    };
+    if g.batch > 1 {
+        y.par_chunks_mut(g.c_out * p)
+            .enumerate()
+            .for_each_init(Default::default, |work, (b, y_img)| image(b, y_img, work));
+    } else {
+        let mut work = Default::default();
+        image(0, &mut y, &mut work);
+    }
+    y
+}
+
 /// Gradients of [`conv2d_forward`] with respect to the input, the weight and the bias, each
 /// computed only when asked for.
 pub struct ConvGrads {
@@ -862,6 +934,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// bf16 operands, f32 sums: every product of two bf16 is exact in f32, so the kernel
+    /// equals the definition on the rounded operands up to f32 summation error (≤ 1e-5 here),
+    /// while the unrounded definition is ~2⁻⁸ (relative, per operand) away.
+    #[test]
+    fn bf16_forward_matches_the_definition_on_rounded_operands() {
+        use super::super::precision::{bf16_available, round_bf16};
+        if !bf16_available() {
+            println!("no AVX512_BF16 here: bf16 convolution not tested");
+            return;
+        }
+        let mut tested = 0;
+        let mut worst_unrounded = 0f64;
+        for (i, g) in geoms().into_iter().enumerate() {
+            if !bf16_applies(&g) {
+                continue;
+            }
+            let x = lcg(g.batch * g.in_len(), 700 + i as u64);
+            let w = lcg(g.c_out * g.col_rows(), 800 + i as u64);
+            let bias = lcg(g.c_out, 900 + i as u64);
+            let (xr, wr): (Vec<f32>, Vec<f32>) = (
+                x.iter().map(|&v| round_bf16(v)).collect(),
+                w.iter().map(|&v| round_bf16(v)).collect(),
+            );
+            let exact = naive_forward(&g, &xr, &wr, &bias);
+            let unrounded = naive_forward(&g, &x, &w, &bias);
+            let y = conv2d_forward_bf16(&g, &x, &w, Some(&bias));
+            assert_eq!(y.len(), exact.len());
+            for ((a, b), u) in y.iter().zip(&exact).zip(&unrounded) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{g:?}: {a} vs {b}");
+                worst_unrounded = worst_unrounded.max((*a as f64 - u).abs());
+            }
+            tested += 1;
+        }
+        println!(
+            "bf16 convolution: {tested} shapes; max |y − f32 definition| {worst_unrounded:.2e}"
+        );
+        assert!(tested >= 8);
+        // The rounding is really there (a kernel that ignored it would be exact in f32).
+        assert!(worst_unrounded > 1e-4);
     }
 
     /// ⟨dy, conv(x)⟩ is linear in x and in W, so its gradients are exact adjoints: compare

@@ -121,6 +121,185 @@ pub fn conv_image(
     }
 }
 
+/// Weights as bf16 pairs of input channels, `[C_in/2][tap][C_out]`: element (cp, t, co) holds
+/// `w[co][2cp][t]` in its low half and `w[co][2cp+1][t]` (0 past the last channel) in its
+/// high half, the operand layout of `vdpbf16ps`.
+pub fn pack_weights_bf16(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<u32> {
+    use super::precision::pair;
+    let pairs = c_in.div_ceil(2);
+    let mut packed = vec![0u32; pairs * taps * c_out];
+    let at = |co: usize, ci: usize, t: usize| {
+        if ci < c_in {
+            w[(co * c_in + ci) * taps + t]
+        } else {
+            0.0
+        }
+    };
+    for cp in 0..pairs {
+        for t in 0..taps {
+            for co in 0..c_out {
+                packed[(cp * taps + t) * c_out + co] =
+                    pair(at(co, 2 * cp, t), at(co, 2 * cp + 1, t));
+            }
+        }
+    }
+    packed
+}
+
+/// `c_in` planes of `plane` values (then any slack up to `len`) as bf16 pairs of planes:
+/// `out[cp·plane + i]` holds plane 2cp's value i in its low half and plane 2cp+1's in its
+/// high half (0 past the last plane), so one 16-lane load feeds `vdpbf16ps` two channels.
+pub fn pair_planes(x: &[f32], plane: usize, c_in: usize, out: &mut Vec<u32>) {
+    use super::precision::pair;
+    let pairs = c_in.div_ceil(2);
+    let slack = x.len() - c_in * plane;
+    out.clear();
+    out.resize(pairs * plane + slack, 0);
+    for cp in 0..pairs {
+        let lo = &x[2 * cp * plane..][..plane];
+        let dst = &mut out[cp * plane..][..plane];
+        if 2 * cp + 1 < c_in {
+            let hi = &x[(2 * cp + 1) * plane..][..plane];
+            for ((d, &a), &b) in dst.iter_mut().zip(lo).zip(hi) {
+                *d = pair(a, b);
+            }
+        } else {
+            for (d, &a) in dst.iter_mut().zip(lo) {
+                *d = pair(a, 0.0);
+            }
+        }
+    }
+}
+
+/// [`conv_image`] with bf16 operands and f32 accumulation: `xpair` and `wt` as
+/// [`pair_planes`] and [`pack_weights_bf16`] lay them out (`pairs` channel pairs).
+///
+/// # Panics
+/// If the slices are too short for these sizes, or if AVX512_BF16 is not available
+/// ([`super::precision::bf16_available`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_image_bf16(
+    xpair: &[u32],
+    plane: usize,
+    pairs: usize,
+    offs: &[usize],
+    wt: &[u32],
+    c_out: usize,
+    bias: Option<&[f32]>,
+    n: usize,
+    y: &mut [f32],
+) {
+    let taps = offs.len();
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    assert!(pairs == 0 || n == 0 || (pairs - 1) * plane + n - 1 + max_off < xpair.len());
+    assert_eq!(
+        wt.len(),
+        pairs * taps * c_out,
+        "direct bf16 conv: packed weight size"
+    );
+    assert!(y.len() >= c_out * n, "direct bf16 conv: output size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), c_out, "direct bf16 conv: bias size");
+    }
+    assert!(
+        super::precision::bf16_available(),
+        "direct bf16 conv: needs AVX512_BF16"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut co0 = 0;
+        while co0 < c_out {
+            let rem = c_out - co0;
+            let cb = [16, 8, 4, 2, 1].into_iter().find(|&c| c <= rem).unwrap();
+            let args = PairBlock {
+                xpair,
+                plane,
+                pairs,
+                offs,
+                wt,
+                c_out,
+                bias,
+                n,
+                co0,
+            };
+            // SAFETY: `bf16_available()` checked AVX-512 and AVX512_BF16; the asserts above
+            // bound every access.
+            unsafe {
+                match cb {
+                    16 => avx512bf16::block::<16>(&args, y),
+                    8 => avx512bf16::block::<8>(&args, y),
+                    4 => avx512bf16::block::<4>(&args, y),
+                    2 => avx512bf16::block::<2>(&args, y),
+                    _ => avx512bf16::block::<1>(&args, y),
+                }
+            }
+            co0 += cb;
+        }
+    }
+}
+
+/// The operands of one block of output channels, bf16 pairs.
+struct PairBlock<'a> {
+    xpair: &'a [u32],
+    plane: usize,
+    pairs: usize,
+    offs: &'a [usize],
+    wt: &'a [u32],
+    c_out: usize,
+    bias: Option<&'a [f32]>,
+    n: usize,
+    co0: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16 {
+    use super::PairBlock;
+    use std::arch::x86_64::*;
+
+    /// Output channels `co0 .. co0 + CB`, all positions, 16 at a time; each instruction adds
+    /// the products of two input channels.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn block<const CB: usize>(a: &PairBlock, y: &mut [f32]) {
+        let taps = a.offs.len();
+        let xp = a.xpair.as_ptr();
+        let yp = y.as_mut_ptr();
+        let mut q0 = 0;
+        while q0 < a.n {
+            let len = (a.n - q0).min(16);
+            let mask = ((1u32 << len) - 1) as __mmask16;
+            let mut acc = [_mm512_setzero_ps(); CB];
+            if let Some(b) = a.bias {
+                for (j, v) in acc.iter_mut().enumerate() {
+                    *v = _mm512_set1_ps(b[a.co0 + j]);
+                }
+            }
+            for cp in 0..a.pairs {
+                // SAFETY (all pointer arithmetic below): the caller asserted that every
+                // position `cp·plane + q + off` with q < n is inside `xpair`; masked-off lanes
+                // are not read. Weight indices stay below pairs·taps·c_out.
+                let xb = unsafe { xp.add(cp * a.plane + q0) };
+                let wb = &a.wt[cp * taps * a.c_out + a.co0..];
+                for (t, &off) in a.offs.iter().enumerate() {
+                    let xv: __m512bh = unsafe {
+                        std::mem::transmute(_mm512_maskz_loadu_epi32(mask, xb.add(off).cast()))
+                    };
+                    let w = &wb[t * a.c_out..][..CB];
+                    for j in 0..CB {
+                        // SAFETY: a bit-for-bit reinterpretation of 16 lanes of two bf16.
+                        let wv: __m512bh =
+                            unsafe { std::mem::transmute(_mm512_set1_epi32(w[j] as i32)) };
+                        acc[j] = _mm512_dpbf16_ps(acc[j], xv, wv);
+                    }
+                }
+            }
+            for (j, v) in acc.iter().enumerate() {
+                unsafe { _mm512_mask_storeu_ps(yp.add((a.co0 + j) * a.n + q0), mask, *v) };
+            }
+            q0 += 16;
+        }
+    }
+}
+
 /// The operands of one block of output channels.
 struct Block<'a> {
     xpad: &'a [f32],

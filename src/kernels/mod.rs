@@ -13,10 +13,12 @@ pub mod direct;
 pub mod norm;
 pub mod policy;
 pub mod pool;
+pub mod precision;
 pub mod simd;
 pub mod tune;
 
 pub use policy::{KernelPolicy, policy, set_policy};
+pub use precision::{Precision, with_precision};
 
 use burn::backend::autodiff::{
     Autodiff,
@@ -32,7 +34,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
 
-use conv::{ConvGeom, conv2d_backward, conv2d_forward};
+use conv::{ConvGeom, bf16_applies, conv2d_backward, conv2d_forward, conv2d_forward_bf16};
 use norm::{NormGeom, group_norm_backward, group_norm_forward};
 
 /// Operations the CPU backend runs with this crate's kernels.
@@ -119,7 +121,12 @@ impl CpuKernels for Flex {
             bias.to_contiguous(),
         );
         let g = conv_geom(&x, &weight, stride, pad);
-        let y = conv2d_forward(&g, values(&x), values(&weight), Some(values(&bias)));
+        let (x, w, b) = (values(&x), values(&weight), Some(values(&bias)));
+        let y = if precision::current() == Precision::Bf16 && bf16_applies(&g) {
+            conv2d_forward_bf16(&g, x, w, b)
+        } else {
+            conv2d_forward(&g, x, w, b)
+        };
         flex_tensor(y, g.out_shape())
     }
 
@@ -237,13 +244,17 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 let xp = x.primitive().to_contiguous();
                 let wp = weight.primitive().to_contiguous();
                 let g = conv_geom(&xp, &wp, stride, pad);
-                let y = Flex::conv2d_gemm(
-                    xp.clone(),
-                    wp.clone(),
-                    bias.primitive().clone(),
-                    stride,
-                    pad,
-                );
+                // Training computes in f32 whatever the thread's inference precision: the
+                // backward pass differentiates the f32 convolution.
+                let y = with_precision(Precision::F32, || {
+                    Flex::conv2d_gemm(
+                        xp.clone(),
+                        wp.clone(),
+                        bias.primitive().clone(),
+                        stride,
+                        pad,
+                    )
+                });
                 prep.finish((xp, wp, g), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d_gemm(
