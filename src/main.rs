@@ -42,10 +42,12 @@ struct Cli {
     /// or `default` (glibc's defaults).
     #[arg(long, global = true, default_value = "tuned", value_parser = ["tuned", "default"])]
     malloc: String,
-    /// Arithmetic of the U-Net's convolutions when sampling and evaluating: `f32`, or `bf16`
-    /// (operands rounded to bfloat16, sums in f32; CPUs with AVX512_BF16: AMD Zen 4+, Intel
-    /// Sapphire Rapids+). Training, its gradients and the FID network always compute in f32.
-    /// BENCHMARKS.md has the speed, the README the FID of bf16 against f32 samples.
+    /// Arithmetic of the stride-1 convolutions: `f32`, or `bf16` (operands rounded to
+    /// bfloat16, sums in f32; CPUs with AVX512_BF16: AMD Zen 4+, Intel Sapphire Rapids+). In
+    /// training (recorded in the run; resumes continue in it) the forward pass and input
+    /// gradients are bf16, while weight gradients, Adam, master weights and EMA stay f32, as
+    /// with PyTorch's autocast. The FID network always computes in f32. BENCHMARKS.md has the
+    /// speed, the README the FID of bf16 against f32.
     #[arg(long, global = true, default_value = "f32")]
     precision: ddpm::kernels::Precision,
     #[command(subcommand)]
@@ -129,16 +131,18 @@ fn check_bf16(command: &Command, device: &burn::tensor::Device) -> Result<()> {
         bail!("{e}");
     }
     match command {
-        Command::Sample(_)
+        Command::Train(_)
+        | Command::Classifier(_)
+        | Command::Sample(_)
         | Command::Demo(_)
         | Command::Bench(_)
         | Command::Eval(_)
         | Command::Encode(_)
-        | Command::Interpolate(_)
-        | Command::Classifier(ClassifierCommand::Eval(_)) => Ok(()),
+        | Command::Interpolate(_) => Ok(()),
         _ => bail!(
-            "--precision bf16 applies to sampling and evaluation (sample, eval, encode, \
-             interpolate, demo and bench's sampling); this command computes in f32, omit it"
+            "--precision bf16 applies to training, sampling and evaluation (train, classifier, \
+             sample, eval, encode, interpolate, demo, bench); this command computes in f32, \
+             omit it"
         ),
     }
 }

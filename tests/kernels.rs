@@ -106,11 +106,11 @@ fn conv2d_kernel_without_autodiff_matches_burn() {
     );
 }
 
-/// Inside a bf16 scope, inference convolutions run on the bf16 kernel (close to f32, not
-/// equal), while a convolution recorded for backpropagation stays exactly f32, and so do its
-/// gradients.
+/// Inside a bf16 scope, convolutions run on the bf16 kernel (close to f32, not equal), with
+/// and without autodiff; recorded for backpropagation, the weight and bias gradients stay
+/// exactly f32 and the input gradient is the bf16 one.
 #[test]
-fn bf16_scope_applies_to_inference_only() {
+fn bf16_scope_forward_and_mixed_precision_gradients() {
     use ddpm::kernels::{Precision, with_precision};
     if Precision::Bf16.check_cpu().is_err() {
         println!("no AVX512_BF16 here: the bf16 scope is not tested");
@@ -134,17 +134,21 @@ fn bf16_scope_applies_to_inference_only() {
         .init(&device);
     let x =
         Tensor::<4>::random([3, 6, 11, 10], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let r = Tensor::<4>::random([3, 10, 11, 10], Distribution::Normal(0.0, 1.0), &device);
     let run = || {
         let y = ddpm::kernels::conv2d(&conv, x.clone());
-        let g = y.clone().powi_scalar(2).sum().backward();
-        (values(y), values(x.grad(&g).unwrap()))
+        let g = (y.clone() * r.clone()).sum().backward();
+        let w = values(conv.weight.val().grad(&g).unwrap());
+        (values(y), values(x.grad(&g).unwrap()), w)
     };
-    let plain = run();
-    let scoped = with_precision(Precision::Bf16, run);
-    assert_eq!(
-        plain, scoped,
-        "training path must stay f32 inside a bf16 scope"
-    );
+    let (y32, dx32, dw32) = run();
+    let (y16, dx16, dw16) = with_precision(Precision::Bf16, run);
+    assert_ne!(y32, y16);
+    assert_close("bf16 training y", y16, y32, 1e-2);
+    assert_ne!(dx32, dx16, "input gradient not in bf16");
+    assert_close("bf16 dx", dx16, dx32, 1e-2);
+    // dW = Σ dy·x with dy = r: nothing rounded.
+    assert_eq!(dw32, dw16, "weight gradient must stay f32");
 }
 
 /// GroupNorm (+ SiLU) written with burn's ops, as the model had it before the fused kernel.

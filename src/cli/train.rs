@@ -197,11 +197,20 @@ pub(crate) fn cmd_train(a: TrainArgs, device: &Device) -> Result<()> {
                 preview_count: a.preview_count,
                 label_dropout: a.label_dropout,
                 t_sampling: a.t_sampling,
+                // The global --precision (main.rs runs every command in its scope).
+                precision: ddpm::kernels::precision::current(),
                 ..Default::default()
             },
         };
         Trainer::create(&run, config, device)?
     };
+    let (given, recorded) = (
+        ddpm::kernels::precision::current(),
+        trainer.config().train.precision,
+    );
+    if given != recorded && given != ddpm::kernels::Precision::F32 {
+        println!("note: this run was started in {recorded} and continues in {recorded}");
+    }
     trainer.progress = !a.quiet;
     report_skipped(&trainer.skipped, trainer.state.step);
     let n_params: usize = trainer.state.params.iter().map(|p| p.len()).sum();

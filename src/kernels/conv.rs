@@ -598,6 +598,47 @@ pub fn conv2d_forward_bf16(
     y
 }
 
+/// The weights of the convolution that gives a stride-1 convolution's input gradient
+/// ([`input_grad_geom`]), in the ordinary `[C_in][C_out][kh][kw]` layout: transposed and
+/// flipped in both axes.
+fn transposed_flipped(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..taps {
+                out[(ci * c_out + co) * taps + t] = w[(co * c_in + ci) * taps + (taps - 1 - t)];
+            }
+        }
+    }
+    out
+}
+
+/// [`conv2d_backward`] of a convolution that ran as [`conv2d_forward_bf16`] (mixed-precision
+/// training): the input gradient is the bf16 convolution of `dy` with the flipped kernel
+/// (bf16 operands, f32 sums), the weight and bias gradients are f32 as in
+/// [`conv2d_backward`].
+pub fn conv2d_backward_bf16(
+    g: &ConvGeom,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    want: [bool; 3],
+) -> ConvGrads {
+    let gt = input_grad_geom(g)
+        .map(|gt| ConvGeom {
+            batch: g.batch,
+            ..gt
+        })
+        .filter(bf16_applies);
+    let dx_bf16 = want[0] && gt.is_some();
+    let mut out = conv2d_backward(g, x, weight, dy, [want[0] && !dx_bf16, want[1], want[2]]);
+    if let (true, Some(gt)) = (dx_bf16, gt) {
+        let wt = transposed_flipped(weight, g.c_out, g.c_in, g.kh * g.kw);
+        out.x = Some(conv2d_forward_bf16(&gt, dy, &wt, None));
+    }
+    out
+}
+
 /// Gradients of [`conv2d_forward`] with respect to the input, the weight and the bias, each
 /// computed only when asked for.
 pub struct ConvGrads {
@@ -975,6 +1016,39 @@ mod tests {
         assert!(tested >= 8);
         // The rounding is really there (a kernel that ignored it would be exact in f32).
         assert!(worst_unrounded > 1e-4);
+    }
+
+    /// Mixed precision: the input gradient is the exact adjoint on the bf16-rounded dy and
+    /// weights (up to f32 sums), the weight and bias gradients equal the f32 ones bit for bit.
+    #[test]
+    fn bf16_backward_is_the_adjoint_on_rounded_operands() {
+        use super::super::precision::{bf16_available, round_bf16};
+        if !bf16_available() {
+            println!("no AVX512_BF16 here: bf16 gradients not tested");
+            return;
+        }
+        let mut tested = 0;
+        for (i, g) in geoms().into_iter().enumerate() {
+            if !bf16_applies(&g) || input_grad_geom(&g).is_none() {
+                continue;
+            }
+            let x = lcg(g.batch * g.in_len(), 1000 + i as u64);
+            let w = lcg(g.c_out * g.col_rows(), 1100 + i as u64);
+            let dy = lcg(g.batch * g.c_out * g.out_pixels(), 1200 + i as u64);
+            let round = |v: &[f32]| v.iter().map(|&a| round_bf16(a)).collect::<Vec<_>>();
+            let want = [true, true, true];
+            let got = conv2d_backward_bf16(&g, &x, &w, &dy, want);
+            let f32_grads = conv2d_backward_with(&g, &x, &w, &dy, want, false);
+            let rounded = conv2d_backward_with(&g, &x, &round(&w), &round(&dy), want, false);
+            let (dx, dx_r) = (got.x.unwrap(), rounded.x.unwrap());
+            for (a, b) in dx.iter().zip(&dx_r) {
+                assert!((a - b).abs() < 1e-5, "{g:?}: dx {a} vs {b}");
+            }
+            assert_eq!(got.weight, f32_grads.weight, "{g:?}: dW");
+            assert_eq!(got.bias, f32_grads.bias, "{g:?}: db");
+            tested += 1;
+        }
+        assert!(tested >= 6, "{tested}");
     }
 
     /// ⟨dy, conv(x)⟩ is linear in x and in W, so its gradients are exact adjoints: compare

@@ -34,7 +34,10 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
 
-use conv::{ConvGeom, bf16_applies, conv2d_backward, conv2d_forward, conv2d_forward_bf16};
+use conv::{
+    ConvGeom, bf16_applies, conv2d_backward, conv2d_backward_bf16, conv2d_forward,
+    conv2d_forward_bf16,
+};
 use norm::{NormGeom, group_norm_backward, group_norm_forward};
 
 /// Operations the CPU backend runs with this crate's kernels.
@@ -207,14 +210,20 @@ impl Backward<Flex, 3> for GroupNormBackward {
 struct Conv2dBackward;
 
 impl Backward<Flex, 3> for Conv2dBackward {
-    type State = (FlexTensor, FlexTensor, ConvGeom);
+    /// Input, weight, geometry, and whether the forward pass ran in bf16.
+    type State = (FlexTensor, FlexTensor, ConvGeom, bool);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (x, w, g) = ops.state;
+        let (x, w, g, bf16) = ops.state;
         let want = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
-        let out = conv2d_backward(&g, values(&x), values(&w), values(&dy), want);
+        let backward = if bf16 {
+            conv2d_backward_bf16
+        } else {
+            conv2d_backward
+        };
+        let out = backward(&g, values(&x), values(&w), values(&dy), want);
         if let (Some(node), Some(dx)) = (node_x, out.x) {
             grads.register::<Flex>(node.id, flex_tensor(dx, [g.batch, g.c_in, g.h, g.w]));
         }
@@ -244,18 +253,26 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 let xp = x.primitive().to_contiguous();
                 let wp = weight.primitive().to_contiguous();
                 let g = conv_geom(&xp, &wp, stride, pad);
-                // Training computes in f32 whatever the thread's inference precision: the
-                // backward pass differentiates the f32 convolution.
-                let y = with_precision(Precision::F32, || {
-                    Flex::conv2d_gemm(
-                        xp.clone(),
-                        wp.clone(),
-                        bias.primitive().clone(),
-                        stride,
-                        pad,
-                    )
-                });
-                prep.finish((xp, wp, g), y)
+                // The precision is decided here and remembered for the backward pass, which
+                // may run outside the scope.
+                let bf16 = precision::current() == Precision::Bf16 && bf16_applies(&g);
+                let y = with_precision(
+                    if bf16 {
+                        Precision::Bf16
+                    } else {
+                        Precision::F32
+                    },
+                    || {
+                        Flex::conv2d_gemm(
+                            xp.clone(),
+                            wp.clone(),
+                            bias.primitive().clone(),
+                            stride,
+                            pad,
+                        )
+                    },
+                );
+                prep.finish((xp, wp, g, bf16), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d_gemm(
                 x.into_primitive(),

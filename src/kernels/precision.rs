@@ -1,9 +1,12 @@
-//! Reduced precision for inference: the U-Net's stride-1 convolutions with bf16 operands and
-//! f32 accumulation (AVX512_BF16's `vdpbf16ps`, two products per lane per instruction), for
-//! sampling and evaluation. Training always computes in f32.
+//! Reduced precision: the stride-1 convolutions with bf16 operands and f32 accumulation
+//! (AVX512_BF16's `vdpbf16ps`, two products per lane per instruction). For sampling and
+//! evaluation that is the forward pass; for training (mixed precision, as PyTorch's autocast)
+//! the forward pass and the input gradients, while weight gradients, the optimiser, the master
+//! weights and the EMA stay f32.
 //!
 //! The precision is scoped to the calling thread ([`with_precision`]): burn-flex is eager, so
-//! every convolution of a model call is dispatched on the thread that made it. The FID
+//! every convolution of a model call is dispatched on the thread that made it, and a
+//! convolution recorded for backpropagation remembers the precision it ran at. The FID
 //! network forces f32 inside the scope, so a score is always measured with the same
 //! network.
 
@@ -12,14 +15,15 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Arithmetic of the convolutions run inside [`with_precision`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 operands and accumulation (the default, and always for training).
+    /// f32 operands and accumulation (the default).
     #[default]
     F32,
     /// Operands rounded to bfloat16 (8 significant bits, round to nearest even), products
-    /// accumulated in f32. Stride-1 convolutions on CPUs with AVX512_BF16; strided ones,
-    /// attention and normalisation stay f32.
+    /// accumulated in f32. Stride-1 convolutions on CPUs with AVX512_BF16 (forward passes and
+    /// input gradients); strided ones, weight gradients, attention and normalisation stay f32.
     Bf16,
 }
 

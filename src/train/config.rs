@@ -91,6 +91,11 @@ pub struct TrainConfig {
     /// (Nichol & Dhariwal 2021, eq. 17).
     #[serde(default)]
     pub t_sampling: TimestepSampling,
+    /// Arithmetic of the stride-1 convolutions: f32, or bf16 operands with f32 sums in the
+    /// forward pass and the input gradients (weight gradients, Adam, the master weights and the
+    /// EMA stay f32); see [`crate::kernels::precision`].
+    #[serde(default)]
+    pub precision: crate::kernels::Precision,
 }
 
 fn default_label_dropout() -> f64 {
@@ -116,6 +121,7 @@ impl Default for TrainConfig {
             log_every: 20,
             label_dropout: default_label_dropout(),
             t_sampling: TimestepSampling::Uniform,
+            precision: crate::kernels::Precision::F32,
         }
     }
 }

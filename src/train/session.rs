@@ -413,6 +413,20 @@ impl<T: Task> Session<T> {
 
     /// Trains until the step or time budget is reached.
     pub fn train(&mut self) -> Result<TrainSummary> {
+        let precision = self.task.config().train().precision;
+        precision
+            .check_cpu()
+            .map_err(|e| anyhow::anyhow!("this run trains in {precision}: {e}"))?;
+        if precision != crate::kernels::Precision::F32 && !crate::kernels::is_cpu(&self.device) {
+            anyhow::bail!(
+                "this run trains in {precision}, which runs on the CPU's AVX512_BF16 kernels; \
+                 burn 0.22 has no mixed-precision path for GPU backends"
+            );
+        }
+        crate::kernels::with_precision(precision, || self.train_in_scope())
+    }
+
+    fn train_in_scope(&mut self) -> Result<TrainSummary> {
         let tc = self.task.config().train().clone();
         let ad = self.device.clone().autodiff();
         let mut model = params::assign(self.task.init(&ad), &self.state.params, true);
