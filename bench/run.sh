@@ -16,9 +16,17 @@ for p in "${presets[@]}"; do
   ./target/release/ddpm --threads "$THREADS" --kernels rule bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
   echo "== $p: ddpm (burn-flex + src/kernels, algorithms tuned per shape on this machine: --kernels auto)"
   ./target/release/ddpm --threads "$THREADS" bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
+  if grep -qw avx512_bf16 /proc/cpuinfo; then
+    echo "== $p: ddpm --precision bf16 (mixed precision: bf16 convolutions, f32 sums and weights)"
+    ./target/release/ddpm --threads "$THREADS" --precision bf16 bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
+  fi
   if python3 -c "import torch, diffusers" 2>/dev/null; then
     echo "== $p: PyTorch peer"
     python3 bench/pytorch_unet.py --preset "$p" --batch-size "$BATCH" --threads "$THREADS" --iters "$ITERS" 2>&1 | grep -v Warning
+    if grep -qw avx512_bf16 /proc/cpuinfo; then
+      echo "== $p: PyTorch peer, bf16 autocast"
+      python3 bench/pytorch_unet.py --preset "$p" --batch-size "$BATCH" --threads "$THREADS" --iters "$ITERS" --precision bf16 2>&1 | grep -v Warning
+    fi
   else
     echo "(PyTorch peer skipped: pip install torch diffusers==0.42.1)"
   fi

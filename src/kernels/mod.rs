@@ -14,6 +14,7 @@ pub mod norm;
 pub mod policy;
 pub mod pool;
 pub mod precision;
+pub mod random;
 pub mod simd;
 pub mod tune;
 
@@ -452,4 +453,31 @@ pub fn max_pool3s2(x: Tensor<4>) -> Tensor<4> {
         x,
         burn::tensor::ops::MaxPoolOptions::new([3, 3]).with_stride([2, 2]),
     )
+}
+
+/// Inverted dropout (Srivastava et al. 2014): `x · mask / (1 − p)`. On the CPU the mask comes
+/// from [`random::dropout_mask`], keyed by 48 bits drawn from the device's RNG (so it follows
+/// the per-step seeding of training); elsewhere from burn's Bernoulli.
+pub fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
+    let device = x.device();
+    if is_cpu(&device) && !disabled() {
+        let draws: Vec<f32> = Tensor::<1>::random(
+            [2],
+            burn::tensor::Distribution::Uniform(0.0, (1u32 << 24) as f64),
+            &device,
+        )
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 draws");
+        let seed = draws[0] as u64 | (draws[1] as u64) << 24;
+        let dims = x.dims();
+        let mask = random::dropout_mask(dims.iter().product(), p, seed);
+        let mask = Tensor::<D>::from_data(burn::tensor::TensorData::new(mask, dims), &device);
+        return x * mask;
+    }
+    let mask = x
+        .random_like(burn::tensor::Distribution::Bernoulli(1.0 - p))
+        .div_scalar(1.0 - p);
+    x * mask
 }

@@ -170,7 +170,8 @@ impl ResBlock {
         let h = h + self.time_emb_proj.forward(temb_act).reshape([b, c, 1, 1]);
         let mut h = self.norm2.forward_silu(h);
         if train && self.dropout > 0.0 {
-            h = dropout(h, self.dropout);
+            // Masks follow the device's RNG, seeded per training step.
+            h = crate::kernels::dropout(h, self.dropout);
         }
         let h = crate::kernels::conv2d(&self.conv2, h);
         let skip = match &self.conv_shortcut {
@@ -179,14 +180,6 @@ impl ResBlock {
         };
         skip + h
     }
-}
-
-/// Inverted dropout with a Bernoulli mask from the device's RNG (seeded per training step).
-fn dropout(x: Tensor<4>, p: f64) -> Tensor<4> {
-    let mask = x
-        .random_like(burn::tensor::Distribution::Bernoulli(1.0 - p))
-        .div_scalar(1.0 - p);
-    x * mask
 }
 
 /// Single-head spatial self-attention with a residual connection (diffusers' `Attention`
