@@ -35,7 +35,7 @@ train() { # train NAME ARGS…
   [ -d "$DIR/$name" ] && return 0
   run "train-$name" train --run "$DIR/$name" --data fashion-mnist --preset small28 --batch-size 32 \
     --lr 5e-4 --warmup 200 --ema-decay 0.995 --steps "$STEPS" --sample-every 100000 \
-    --checkpoint-every 500 --seed 0 --quiet "$@"
+    --checkpoint-every 500 --seed 0 --quiet --prediction eps --loss simple "$@"
 }
 fid() { # fid RUN TAG ARGS…
   local model=$1 tag=$2; shift 2

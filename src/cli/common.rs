@@ -15,12 +15,14 @@ pub(crate) struct DiffusionArgs {
     #[arg(long, value_enum, default_value_t = VarianceType::Large)]
     pub(crate) variance: VarianceType,
     /// Loss weighting: `simple` (L_simple, Ho et al. eq. 14), `min-snr` (Hang et al. 2023,
-    /// min(SNR, γ)) or `vlb` (the true bound's weighting, Ho et al. eq. 12).
-    #[arg(long, value_enum, default_value_t = LossType::Simple)]
-    pub(crate) loss: LossType,
-    /// What the network predicts: `eps` (ε, Ho et al.), `x0`, or `v` (Salimans & Ho 2022).
-    #[arg(long, value_enum, default_value_t = Prediction::Epsilon)]
-    pub(crate) prediction: Prediction,
+    /// min(SNR, γ)) or `vlb` (the true bound's weighting, Ho et al. eq. 12) [default: `train`'s
+    /// recipe; `simple` elsewhere].
+    #[arg(long, value_enum)]
+    pub(crate) loss: Option<LossType>,
+    /// What the network predicts: `eps` (ε, Ho et al.), `x0`, or `v` (Salimans & Ho 2022)
+    /// [default: `train`'s recipe; `eps` elsewhere].
+    #[arg(long, value_enum)]
+    pub(crate) prediction: Option<Prediction>,
     /// γ of `--loss min-snr`.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) min_snr_gamma: f64,
@@ -37,8 +39,8 @@ impl DiffusionArgs {
             num_timesteps: self.timesteps,
             schedule,
             variance: self.variance,
-            loss: self.loss,
-            prediction: self.prediction,
+            loss: self.loss.unwrap_or_default(),
+            prediction: self.prediction.unwrap_or_default(),
             min_snr_gamma: self.min_snr_gamma,
             ..Default::default()
         })

@@ -1,6 +1,7 @@
 //! `ddpm demo`: the README's first command.
 
 use super::prelude::*;
+use ddpm::train::Recipe;
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
@@ -13,7 +14,16 @@ pub(crate) struct DemoArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Quality figure: FID of this many samples (DDIM-50, as the grid) against the 5000
+    /// Training defaults (see `ddpm train --help`): `short` (v-prediction, lr 1e-3, EMA 0.995,
+    /// batch 32) or `paper` (Ho et al. 2020's settings, made for 800k steps, not 12 minutes).
+    #[arg(long, value_enum, default_value_t = Recipe::default())]
+    pub(crate) recipe: Recipe,
+    /// DDIM's η for the grid, the GIF and the FID samples: 1 adds fresh noise at each of
+    /// the 50 steps like DDPM's Algorithm 2, which corrects a briefly trained model's errors
+    /// (README, "Recipes for short runs"); 0 is the deterministic ODE sampler.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) eta: f64,
+    /// Quality figure: FID of this many samples (DDIM-50 with --eta, as the grid) against the 5000
     /// built-in digits, with the TF-2015 Inception (a few minutes; the digits' features are
     /// cached after the first run). 0 skips it; it is skipped with a message when the Inception
     /// weights are not found.
@@ -29,29 +39,24 @@ pub(crate) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
         std::fs::remove_dir_all(&run).with_context(|| format!("clearing {}", run.display()))?;
     }
     let t0 = Instant::now();
-    let config = RunConfig {
+    let config = a.recipe.apply(RunConfig {
         model: UNetConfig::small28(),
         diffusion: DiffusionConfig::default(),
         train: TrainConfig {
             data: "mnist5k".into(),
-            batch_size: 32,
             max_minutes: Some(a.minutes),
             seed: a.seed,
-            optim: ddpm::train::OptimConfig {
-                lr: 1e-3,
-                warmup_steps: 100,
-                ema_decay: 0.995,
-                ..Default::default()
-            },
             sample_every: 0,
             checkpoint_every: 500,
             preview_count: 0,
+            // The global --precision (main.rs runs every command in its scope).
+            precision: ddpm::kernels::precision::current(),
             ..Default::default()
         },
-    };
+    });
     println!(
-        "ddpm demo: training the small28 U-Net (1.6M parameters) on the built-in MNIST-5k digits for {} minutes…",
-        a.minutes
+        "ddpm demo: training the small28 U-Net (1.6M parameters) on the built-in MNIST-5k digits for {} minutes ({:?} recipe)…",
+        a.minutes, a.recipe
     );
     let mut trainer = Trainer::create(&run, config, device)?;
     trainer.progress = true;
@@ -64,7 +69,13 @@ pub(crate) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
     );
     let (config, model, _) = Run::open(&run)?.model(device, true)?;
     let diffusion = GaussianDiffusion::new(config.diffusion.clone());
-    let sampler = SamplerConfig::default().build(&diffusion);
+    let sampler = SamplerConfig::Ddim {
+        steps: 50,
+        eta: a.eta,
+        spacing: ddpm::sampling::Spacing::Quadratic,
+        clip_x0: true,
+    }
+    .build(&diffusion);
     let mut frames = Vec::new();
     let opts = BatchOptions {
         batch_size: 64,
@@ -106,7 +117,7 @@ pub(crate) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// The demo's quality figure: FID-`fid_n` of DDIM-50 samples against MNIST-5k, written to
+/// The demo's quality figure: FID-`fid_n` of DDIM-50 samples (η = `--eta`) against MNIST-5k, written to
 /// `OUT/fid.json` too; a missing Inception file skips it with the reason.
 fn demo_fid(
     a: &DemoArgs,
@@ -159,7 +170,8 @@ fn demo_fid(
     let path = a.out.join("fid.json");
     let json = serde_json::json!({
         "fid": r.fid, "precision": r.precision, "recall": r.recall, "n": a.fid_n,
-        "reference": "mnist5k (5000 images)", "sampler": "ddim-50", "seconds": secs,
+        "reference": "mnist5k (5000 images)", "sampler": "ddim-50", "eta": a.eta,
+        "recipe": a.recipe, "seconds": secs,
     });
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", path.display()))?;

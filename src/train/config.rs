@@ -155,6 +155,76 @@ impl TrainConfig {
     }
 }
 
+/// A set of training defaults: what `ddpm train` uses for every setting not given on the
+/// command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// For runs of minutes to hours on a CPU, chosen by comparing recipes at equal wall time
+    /// (README, "Recipes for short runs"): v-prediction (Salimans & Ho 2022) with L_simple,
+    /// Adam at 1e-3 after 100 warm-up steps, EMA 0.995, batch 32.
+    #[default]
+    Short,
+    /// Ho et al. 2020 §4: ε-prediction with L_simple, Adam at 2e-4 after 5000 warm-up steps,
+    /// EMA 0.9999, batch 128, gradients clipped to norm 1.
+    Paper,
+}
+
+/// The settings a [`Recipe`] decides.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecipeDefaults {
+    /// What the network predicts.
+    pub prediction: crate::diffusion::Prediction,
+    /// The loss weighting.
+    pub loss: crate::diffusion::LossType,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// EMA decay.
+    pub ema_decay: f64,
+    /// Images per step.
+    pub batch_size: usize,
+}
+
+impl Recipe {
+    /// The recipe's settings.
+    pub fn defaults(self) -> RecipeDefaults {
+        use crate::diffusion::{LossType, Prediction};
+        match self {
+            Recipe::Short => RecipeDefaults {
+                prediction: Prediction::V,
+                loss: LossType::Simple,
+                lr: 1e-3,
+                warmup_steps: 100,
+                ema_decay: 0.995,
+                batch_size: 32,
+            },
+            Recipe::Paper => RecipeDefaults {
+                prediction: Prediction::Epsilon,
+                loss: LossType::Simple,
+                lr: 2e-4,
+                warmup_steps: 5000,
+                ema_decay: 0.9999,
+                batch_size: 128,
+            },
+        }
+    }
+
+    /// `config` with this recipe's settings.
+    pub fn apply(self, mut config: RunConfig) -> RunConfig {
+        let d = self.defaults();
+        config.diffusion.prediction = d.prediction;
+        config.diffusion.loss = d.loss;
+        config.train.optim.lr = d.lr;
+        config.train.optim.warmup_steps = d.warmup_steps;
+        config.train.optim.ema_decay = d.ema_decay;
+        config.train.batch_size = d.batch_size;
+        config
+    }
+}
+
 /// A default run configuration for a preset and data set.
 pub fn default_run_config(model: UNetConfig, data: &str) -> RunConfig {
     RunConfig {

@@ -15,7 +15,10 @@ pub mod run;
 pub mod session;
 pub mod trainer;
 
-pub use config::{ClassifierRunConfig, RunConfig, TaskConfig, TrainConfig, default_run_config};
+pub use config::{
+    ClassifierRunConfig, Recipe, RecipeDefaults, RunConfig, TaskConfig, TrainConfig,
+    default_run_config,
+};
 pub use optim::OptimConfig;
 pub use run::{Run, RunKind};
 pub use session::{Session, Task, TrainSummary};
