@@ -44,9 +44,9 @@ struct Cli {
     malloc: String,
     /// Arithmetic of the stride-1 convolutions: `f32`, or `bf16` (operands rounded to
     /// bfloat16, sums in f32; CPUs with AVX512_BF16: AMD Zen 4+, Intel Sapphire Rapids+). In
-    /// training (recorded in the run; resumes continue in it) the forward pass and input
-    /// gradients are bf16, while weight gradients, Adam, master weights and EMA stay f32, as
-    /// with PyTorch's autocast. The FID network always computes in f32. BENCHMARKS.md has the
+    /// training (recorded in the run; resumes continue in it) the forward pass and both
+    /// gradients of those convolutions are bf16, while Adam, master weights and EMA stay f32,
+    /// as with PyTorch's autocast. The FID network always computes in f32. BENCHMARKS.md has the
     /// speed, the README the FID of bf16 against f32.
     #[arg(long, global = true, default_value = "f32")]
     precision: ddpm::kernels::Precision,

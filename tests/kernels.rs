@@ -107,8 +107,8 @@ fn conv2d_kernel_without_autodiff_matches_burn() {
 }
 
 /// Inside a bf16 scope, convolutions run on the bf16 kernel (close to f32, not equal), with
-/// and without autodiff; recorded for backpropagation, the weight and bias gradients stay
-/// exactly f32 and the input gradient is the bf16 one.
+/// and without autodiff; recorded for backpropagation, the input and weight gradients are the
+/// bf16 ones (close, not equal) and the bias gradient stays exactly f32.
 #[test]
 fn bf16_scope_forward_and_mixed_precision_gradients() {
     use ddpm::kernels::{Precision, with_precision};
@@ -139,16 +139,19 @@ fn bf16_scope_forward_and_mixed_precision_gradients() {
         let y = ddpm::kernels::conv2d(&conv, x.clone());
         let g = (y.clone() * r.clone()).sum().backward();
         let w = values(conv.weight.val().grad(&g).unwrap());
-        (values(y), values(x.grad(&g).unwrap()), w)
+        let b = values(conv.bias.as_ref().unwrap().val().grad(&g).unwrap());
+        (values(y), values(x.grad(&g).unwrap()), w, b)
     };
-    let (y32, dx32, dw32) = run();
-    let (y16, dx16, dw16) = with_precision(Precision::Bf16, run);
+    let (y32, dx32, dw32, db32) = run();
+    let (y16, dx16, dw16, db16) = with_precision(Precision::Bf16, run);
     assert_ne!(y32, y16);
     assert_close("bf16 training y", y16, y32, 1e-2);
     assert_ne!(dx32, dx16, "input gradient not in bf16");
     assert_close("bf16 dx", dx16, dx32, 1e-2);
-    // dW = Σ dy·x with dy = r: nothing rounded.
-    assert_eq!(dw32, dw16, "weight gradient must stay f32");
+    assert_ne!(dw32, dw16, "weight gradient not in bf16");
+    assert_close("bf16 dW", dw16, dw32, 1e-2);
+    // db = Σ dy with dy = r: nothing rounded.
+    assert_eq!(db32, db16, "bias gradient must stay f32");
 }
 
 /// GroupNorm (+ SiLU) written with burn's ops, as the model had it before the fused kernel.

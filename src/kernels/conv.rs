@@ -614,8 +614,8 @@ fn transposed_flipped(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<
 }
 
 /// [`conv2d_backward`] of a convolution that ran as [`conv2d_forward_bf16`] (mixed-precision
-/// training): the input gradient is the bf16 convolution of `dy` with the flipped kernel
-/// (bf16 operands, f32 sums), the weight and bias gradients are f32 as in
+/// training): the input gradient is the bf16 convolution of `dy` with the flipped kernel, the
+/// weight gradient [`weight_grad_bf16`] (bf16 operands, f32 sums), the bias gradient f32 as in
 /// [`conv2d_backward`].
 pub fn conv2d_backward_bf16(
     g: &ConvGeom,
@@ -631,12 +631,77 @@ pub fn conv2d_backward_bf16(
         })
         .filter(bf16_applies);
     let dx_bf16 = want[0] && gt.is_some();
-    let mut out = conv2d_backward(g, x, weight, dy, [want[0] && !dx_bf16, want[1], want[2]]);
+    let dw_bf16 = want[1] && bf16_applies(g);
+    let mut out = conv2d_backward(
+        g,
+        x,
+        weight,
+        dy,
+        [want[0] && !dx_bf16, want[1] && !dw_bf16, want[2]],
+    );
     if let (true, Some(gt)) = (dx_bf16, gt) {
         let wt = transposed_flipped(weight, g.c_out, g.c_in, g.kh * g.kw);
         out.x = Some(conv2d_forward_bf16(&gt, dy, &wt, None));
     }
+    if dw_bf16 {
+        out.weight = Some(weight_grad_bf16(g, x, dy));
+    }
     out
+}
+
+/// The weight gradient of a stride-1 convolution with bf16 operands and f32 sums, on
+/// [`super::direct::weight_grad_image_bf16`]: images in chunks of [`WEIGHT_GRAD_CHUNK`],
+/// chunk sums added in image order (the same bits whatever the thread count).
+fn weight_grad_bf16(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    use super::direct::{pair_planes_both_parities, pair_positions_transposed};
+    let (p, taps) = (g.out_pixels(), g.kh * g.kw);
+    let (offs, plane, n) = if g.is_pointwise() {
+        (vec![0], p, p)
+    } else {
+        (wide_offsets(g), g.padded_plane(), g.gemm_n())
+    };
+    let len = n.div_ceil(2) + offs.iter().max().unwrap() / 2 + 1;
+    let chunk = |first: usize| {
+        let mut dw = vec![0f32; g.c_out * g.c_in * taps];
+        let mut work = Work::default();
+        let (mut dyt, mut xpairs) = (Vec::new(), [Vec::new(), Vec::new()]);
+        for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.batch) {
+            let x_img = &x[b * g.in_len()..][..g.in_len()];
+            let dy_img = &dy[b * g.c_out * p..][..g.c_out * p];
+            if g.is_pointwise() {
+                pair_positions_transposed(dy_img, g.c_out, n, &mut dyt);
+                pair_planes_both_parities(x_img, plane, g.c_in, len, &mut xpairs);
+            } else {
+                // dy in the wide layout: zero in the discarded columns.
+                work.wide.resize(g.c_out * n, 0.0);
+                work.wide.fill(0.0);
+                let (oh, ow, wp) = (g.out_h(), g.out_w(), g.padded_w());
+                for r in 0..g.c_out * oh {
+                    work.wide[r * wp..][..ow].copy_from_slice(&dy_img[r * ow..][..ow]);
+                }
+                pair_positions_transposed(&work.wide, g.c_out, n, &mut dyt);
+                work.pad.resize(g.padded_len(), 0.0);
+                pad_image(g, x_img, &mut work.pad);
+                pair_planes_both_parities(&work.pad, plane, g.c_in, len, &mut xpairs);
+            }
+            super::direct::weight_grad_image_bf16(
+                &dyt, &xpairs, len, g.c_in, &offs, g.c_out, n, &mut dw,
+            );
+        }
+        dw
+    };
+    let starts: Vec<usize> = (0..g.batch).step_by(WEIGHT_GRAD_CHUNK).collect();
+    let partials: Vec<Vec<f32>> = starts.par_iter().map(|&f| chunk(f)).collect();
+    let mut parts = partials.into_iter();
+    let mut total = parts
+        .next()
+        .unwrap_or_else(|| vec![0f32; g.c_out * g.c_in * taps]);
+    for part in parts {
+        for (t, v) in total.iter_mut().zip(&part) {
+            *t += v;
+        }
+    }
+    total
 }
 
 /// Gradients of [`conv2d_forward`] with respect to the input, the weight and the bias, each
@@ -1019,7 +1084,8 @@ mod tests {
     }
 
     /// Mixed precision: the input gradient is the exact adjoint on the bf16-rounded dy and
-    /// weights (up to f32 sums), the weight and bias gradients equal the f32 ones bit for bit.
+    /// weights, the weight gradient on the rounded dy and x (up to f32 sums); the bias
+    /// gradient equals the f32 one bit for bit.
     #[test]
     fn bf16_backward_is_the_adjoint_on_rounded_operands() {
         use super::super::precision::{bf16_available, round_bf16};
@@ -1044,7 +1110,30 @@ mod tests {
             for (a, b) in dx.iter().zip(&dx_r) {
                 assert!((a - b).abs() < 1e-5, "{g:?}: dx {a} vs {b}");
             }
-            assert_eq!(got.weight, f32_grads.weight, "{g:?}: dW");
+            let dw_r = conv2d_backward_with(&g, &round(&x), &w, &round(&dy), want, false);
+            let (dw, dw_r, dw32) = (
+                got.weight.unwrap(),
+                dw_r.weight.unwrap(),
+                f32_grads.weight.unwrap(),
+            );
+            let mut off_f32 = 0f32;
+            for ((a, b), c) in dw.iter().zip(&dw_r).zip(&dw32) {
+                assert!((a - b).abs() < 1e-4, "{g:?}: dW {a} vs {b}");
+                off_f32 = off_f32.max((a - c).abs());
+            }
+            assert!(off_f32 > 1e-5, "{g:?}: dW not in bf16");
+            // The same bits on one thread.
+            let one = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap()
+                .install(|| conv2d_backward_bf16(&g, &x, &w, &dy, want));
+            assert_eq!(
+                one.weight.as_deref(),
+                Some(&dw[..]),
+                "{g:?}: dW thread count"
+            );
+            assert_eq!(one.x.as_deref(), Some(&dx[..]), "{g:?}: dx thread count");
             assert_eq!(got.bias, f32_grads.bias, "{g:?}: db");
             tested += 1;
         }

@@ -238,6 +238,100 @@ pub fn conv_image_bf16(
     }
 }
 
+/// `dy` of one image, `c_out` rows of `n` positions, as bf16 pairs of positions with the
+/// output channels contiguous: `out[qp·c_out + co]` holds `dy[co][2qp]` and `dy[co][2qp+1]`
+/// (0 past `n`), the operand of [`weight_grad_image_bf16`].
+pub fn pair_positions_transposed(dy: &[f32], c_out: usize, n: usize, out: &mut Vec<u32>) {
+    use super::precision::pair;
+    let n2 = n.div_ceil(2);
+    out.clear();
+    out.resize(n2 * c_out, 0);
+    for co in 0..c_out {
+        let row = &dy[co * n..][..n];
+        for qp in 0..n2 {
+            let hi = if 2 * qp + 1 < n { row[2 * qp + 1] } else { 0.0 };
+            out[qp * c_out + co] = pair(row[2 * qp], hi);
+        }
+    }
+}
+
+/// The input planes of one image for [`weight_grad_image_bf16`]: for every channel, bf16
+/// pairs of positions starting at even (`[0]`) and at odd (`[1]`) positions,
+/// `len` pairs each, zero past the plane: `out[par][ci·len + j]` holds
+/// `x[ci][2j + par]` and `x[ci][2j + par + 1]`.
+pub fn pair_planes_both_parities(
+    x: &[f32],
+    plane: usize,
+    c_in: usize,
+    len: usize,
+    out: &mut [Vec<u32>; 2],
+) {
+    use super::precision::pair;
+    for (par, o) in out.iter_mut().enumerate() {
+        o.clear();
+        o.resize(c_in * len, 0);
+        for ci in 0..c_in {
+            let src = &x[ci * plane..][..plane];
+            let at = |i: usize| if i < plane { src[i] } else { 0.0 };
+            for (j, d) in o[ci * len..][..len].iter_mut().enumerate() {
+                *d = pair(at(2 * j + par), at(2 * j + par + 1));
+            }
+        }
+    }
+}
+
+/// Adds one image's weight gradient of a stride-1 convolution to `dw` (`[C_out][C_in][tap]`):
+/// `dw[co][ci][t] += Σ_{q<n} dy[co][q] · x[ci][q + offs[t]]`, with bf16 operands (pairs of
+/// positions per `vdpbf16ps`) and f32 sums. `dyt` as [`pair_positions_transposed`] lays it
+/// out, `xpairs` as [`pair_planes_both_parities`] with `len` ≥ ⌈n/2⌉ + max(offs)/2 + 1.
+///
+/// # Panics
+/// If the slices are too short for these sizes, or AVX512_BF16 is not available.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad_image_bf16(
+    dyt: &[u32],
+    xpairs: &[Vec<u32>; 2],
+    len: usize,
+    c_in: usize,
+    offs: &[usize],
+    c_out: usize,
+    n: usize,
+    dw: &mut [f32],
+) {
+    let n2 = n.div_ceil(2);
+    let max_off = offs.iter().copied().max().unwrap_or(0);
+    assert!(
+        len > n2 + max_off / 2,
+        "weight grad bf16: pair planes too short"
+    );
+    assert!(xpairs.iter().all(|x| x.len() >= c_in * len));
+    assert!(dyt.len() >= n2 * c_out, "weight grad bf16: dy size");
+    assert_eq!(
+        dw.len(),
+        c_out * c_in * offs.len(),
+        "weight grad bf16: dW size"
+    );
+    assert!(
+        super::precision::bf16_available(),
+        "weight grad bf16: needs AVX512_BF16"
+    );
+    #[cfg(target_arch = "x86_64")]
+    for ci in 0..c_in {
+        for t0 in (0..offs.len()).step_by(avx512bf16::TAPS) {
+            let taps = &offs[t0..offs.len().min(t0 + avx512bf16::TAPS)];
+            for co0 in (0..c_out).step_by(16) {
+                // SAFETY: `bf16_available()` checked the CPU; the asserts above bound every
+                // access (`qp + off/2 < len`, `qp·c_out + co < n2·c_out`).
+                unsafe {
+                    avx512bf16::weight_grad_block(
+                        dyt, xpairs, len, ci, c_in, taps, t0, c_out, co0, n2, dw,
+                    )
+                }
+            }
+        }
+    }
+}
+
 /// The operands of one block of output channels, bf16 pairs.
 struct PairBlock<'a> {
     xpair: &'a [u32],
@@ -255,6 +349,60 @@ struct PairBlock<'a> {
 mod avx512bf16 {
     use super::PairBlock;
     use std::arch::x86_64::*;
+
+    /// Taps held in registers at once by [`weight_grad_block`] (one accumulator each).
+    pub(super) const TAPS: usize = 9;
+
+    /// dW for input channel `ci`, taps `t0 .. t0 + taps.len()`, output channels
+    /// `co0 .. co0 + 16` (lanes; masked past `c_out`), summed over all position pairs.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weight_grad_block(
+        dyt: &[u32],
+        xpairs: &[Vec<u32>; 2],
+        len: usize,
+        ci: usize,
+        c_in: usize,
+        taps: &[usize],
+        t0: usize,
+        c_out: usize,
+        co0: usize,
+        n2: usize,
+        dw: &mut [f32],
+    ) {
+        let lanes = (c_out - co0).min(16);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        let mut acc = [_mm512_setzero_ps(); TAPS];
+        // For tap offset `off`, the pair (x[q + off], x[q + off + 1]) with q = 2qp sits at
+        // index qp + off/2 of the parity-(off mod 2) pair plane.
+        let mut src = [std::ptr::null::<u32>(); TAPS];
+        for (k, &off) in taps.iter().enumerate() {
+            src[k] = unsafe { xpairs[off % 2].as_ptr().add(ci * len + off / 2) };
+        }
+        let dp = dyt.as_ptr();
+        for qp in 0..n2 {
+            // SAFETY: qp·c_out + co0 + lane < n2·c_out for unmasked lanes; qp + off/2 < len.
+            let d: __m512bh = unsafe {
+                std::mem::transmute(_mm512_maskz_loadu_epi32(
+                    mask,
+                    dp.add(qp * c_out + co0).cast(),
+                ))
+            };
+            for k in 0..taps.len() {
+                let xv: __m512bh =
+                    unsafe { std::mem::transmute(_mm512_set1_epi32(*src[k].add(qp) as i32)) };
+                acc[k] = _mm512_dpbf16_ps(acc[k], d, xv);
+            }
+        }
+        let taps_all = dw.len() / (c_out * c_in);
+        for (k, a) in acc.iter().enumerate().take(taps.len()) {
+            let mut v = [0f32; 16];
+            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
+            for (lane, &val) in v.iter().enumerate().take(lanes) {
+                dw[((co0 + lane) * c_in + ci) * taps_all + t0 + k] += val;
+            }
+        }
+    }
 
     /// Output channels `co0 .. co0 + CB`, all positions, 16 at a time; each instruction adds
     /// the products of two input channels.

@@ -1,8 +1,8 @@
 //! Reduced precision: the stride-1 convolutions with bf16 operands and f32 accumulation
 //! (AVX512_BF16's `vdpbf16ps`, two products per lane per instruction). For sampling and
 //! evaluation that is the forward pass; for training (mixed precision, as PyTorch's autocast)
-//! the forward pass and the input gradients, while weight gradients, the optimiser, the master
-//! weights and the EMA stay f32.
+//! the forward pass, the input gradients and the weight gradients, while the optimiser, the
+//! master weights and the EMA stay f32.
 //!
 //! The precision is scoped to the calling thread ([`with_precision`]): burn-flex is eager, so
 //! every convolution of a model call is dispatched on the thread that made it, and a
@@ -23,7 +23,7 @@ pub enum Precision {
     F32,
     /// Operands rounded to bfloat16 (8 significant bits, round to nearest even), products
     /// accumulated in f32. Stride-1 convolutions on CPUs with AVX512_BF16 (forward passes and
-    /// input gradients); strided ones, weight gradients, attention and normalisation stay f32.
+    /// both gradients); strided ones, attention and normalisation stay f32.
     Bf16,
 }
 

@@ -92,8 +92,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub t_sampling: TimestepSampling,
     /// Arithmetic of the stride-1 convolutions: f32, or bf16 operands with f32 sums in the
-    /// forward pass and the input gradients (weight gradients, Adam, the master weights and the
-    /// EMA stay f32); see [`crate::kernels::precision`].
+    /// forward pass and both gradients (Adam, the master weights and the EMA stay f32); see
+    /// [`crate::kernels::precision`].
     #[serde(default)]
     pub precision: crate::kernels::Precision,
 }
