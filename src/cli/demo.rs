@@ -55,8 +55,9 @@ pub(crate) fn cmd_demo(a: DemoArgs, device: &Device) -> Result<()> {
         },
     });
     println!(
-        "ddpm demo: training the small28 U-Net (1.6M parameters) on the built-in MNIST-5k digits for {} minutes ({:?} recipe)…",
-        a.minutes, a.recipe
+        "ddpm demo: training the small28 U-Net (1.6M parameters) on the built-in MNIST-5k digits for {} minutes ({} recipe)…",
+        a.minutes,
+        format!("{:?}", a.recipe).to_lowercase()
     );
     let mut trainer = Trainer::create(&run, config, device)?;
     trainer.progress = true;
