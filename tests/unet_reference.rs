@@ -16,6 +16,17 @@ fn fixture_dir() -> Option<PathBuf> {
         .map(|p| p.parent().unwrap().to_path_buf())
 }
 
+/// The fixture's input x, timesteps t and diffusers' output ε.
+fn reference_io(dir: &std::path::Path, device: &Device) -> (Tensor<4>, Vec<f32>, Vec<f32>) {
+    let io = tensorfile::read_f32_tensors(&dir.join("reference_io.safetensors")).unwrap();
+    let get = |n: &str| io.iter().find(|(k, _, _)| k == n).unwrap().clone();
+    let (_, xs, x) = get("x");
+    let (_, _, t) = get("t");
+    let (_, _, eps) = get("eps");
+    let x = Tensor::<4>::from_data(TensorData::new(x, [xs[0], xs[1], xs[2], xs[3]]), device);
+    (x, t, eps)
+}
+
 #[test]
 fn cifar10_preset_has_the_papers_parameter_count() {
     // Built lazily: counting parameters needs shapes only.
@@ -37,12 +48,7 @@ fn diffusers_fixture_reproduces_reference_eps() {
     assert_eq!(config.attention_resolutions, vec![8]);
     // facts.json: small_config_params.
     assert_eq!(params::count(&model), 702_499);
-    let io = tensorfile::read_f32_tensors(&dir.join("reference_io.safetensors")).unwrap();
-    let get = |n: &str| io.iter().find(|(k, _, _)| k == n).unwrap().clone();
-    let (_, xs, x) = get("x");
-    let (_, _, t) = get("t");
-    let (_, _, eps) = get("eps");
-    let x = Tensor::<4>::from_data(TensorData::new(x, [xs[0], xs[1], xs[2], xs[3]]), &device);
+    let (x, t, eps) = reference_io(&dir, &device);
     let out = model.forward(x, &t, false);
     let out: Vec<f32> = out.into_data().try_into_vec().unwrap();
     let max_err = out
@@ -66,12 +72,7 @@ fn diffusers_fixture_in_bf16_stays_close() {
     }
     let device = Device::flex();
     let (_, model) = load_diffusers_unet(&dir, &device).expect("load fixture");
-    let io = tensorfile::read_f32_tensors(&dir.join("reference_io.safetensors")).unwrap();
-    let get = |n: &str| io.iter().find(|(k, _, _)| k == n).unwrap().clone();
-    let (_, xs, x) = get("x");
-    let (_, _, t) = get("t");
-    let (_, _, eps) = get("eps");
-    let x = Tensor::<4>::from_data(TensorData::new(x, [xs[0], xs[1], xs[2], xs[3]]), &device);
+    let (x, t, eps) = reference_io(&dir, &device);
     let out = with_precision(Precision::Bf16, || model.forward(x, &t, false));
     let out: Vec<f32> = out.into_data().try_into_vec().unwrap();
     let err: Vec<f32> = out.iter().zip(&eps).map(|(a, b)| (a - b).abs()).collect();

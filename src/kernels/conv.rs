@@ -265,6 +265,17 @@ fn crop_wide(g: &ConvGeom, rows: usize, wide: &[f32], out: &mut [f32]) {
     }
 }
 
+/// One image's `dy` `[C_out, out_h, out_w]` in the wide layout `[C_out, out_h·Wp]`, zero in
+/// the discarded columns (the GEMM route's and the bf16 weight gradient's columns).
+fn widen_dy(g: &ConvGeom, dy: &[f32], wide: &mut Vec<f32>) {
+    let (oh, ow, wp) = (g.out_h(), g.out_w(), g.padded_w());
+    wide.clear();
+    wide.resize(g.c_out * g.gemm_n(), 0.0);
+    for r in 0..g.c_out * oh {
+        wide[r * wp..][..ow].copy_from_slice(&dy[r * ow..][..ow]);
+    }
+}
+
 /// Per-thread scratch buffers.
 #[derive(Default)]
 struct Work {
@@ -598,21 +609,6 @@ pub fn conv2d_forward_bf16(
     y
 }
 
-/// The weights of the convolution that gives a stride-1 convolution's input gradient
-/// ([`input_grad_geom`]), in the ordinary `[C_in][C_out][kh][kw]` layout: transposed and
-/// flipped in both axes.
-fn transposed_flipped(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            for t in 0..taps {
-                out[(ci * c_out + co) * taps + t] = w[(co * c_in + ci) * taps + (taps - 1 - t)];
-            }
-        }
-    }
-    out
-}
-
 /// [`conv2d_backward`] of a convolution that ran as [`conv2d_forward_bf16`] (mixed-precision
 /// training): the input gradient is the bf16 convolution of `dy` with the flipped kernel, the
 /// weight gradient [`weight_grad_bf16`] (bf16 operands, f32 sums), the bias gradient f32 as in
@@ -640,7 +636,7 @@ pub fn conv2d_backward_bf16(
         [want[0] && !dx_bf16, want[1] && !dw_bf16, want[2]],
     );
     if let (true, Some(gt)) = (dx_bf16, gt) {
-        let wt = transposed_flipped(weight, g.c_out, g.c_in, g.kh * g.kw);
+        let wt = super::direct::transpose_flip(weight, g.c_out, g.c_in, g.kh * g.kw);
         out.x = Some(conv2d_forward_bf16(&gt, dy, &wt, None));
     }
     if dw_bf16 {
@@ -672,13 +668,7 @@ fn weight_grad_bf16(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 pair_positions_transposed(dy_img, g.c_out, n, &mut dyt);
                 pair_planes_both_parities(x_img, plane, g.c_in, len, &mut xpairs);
             } else {
-                // dy in the wide layout: zero in the discarded columns.
-                work.wide.resize(g.c_out * n, 0.0);
-                work.wide.fill(0.0);
-                let (oh, ow, wp) = (g.out_h(), g.out_w(), g.padded_w());
-                for r in 0..g.c_out * oh {
-                    work.wide[r * wp..][..ow].copy_from_slice(&dy_img[r * ow..][..ow]);
-                }
+                widen_dy(g, dy_img, &mut work.wide);
                 pair_positions_transposed(&work.wide, g.c_out, n, &mut dyt);
                 work.pad.resize(g.padded_len(), 0.0);
                 pad_image(g, x_img, &mut work.pad);
@@ -808,12 +798,7 @@ pub fn conv2d_backward_with(
             } = &mut work;
             // dy on the GEMM's columns: zero in the wide layout's discarded columns.
             let dy_g: &[f32] = if g.is_wide() {
-                wide.resize(g.c_out * n, 0.0);
-                wide.fill(0.0);
-                let (oh, ow, wp) = (g.out_h(), g.out_w(), g.padded_w());
-                for r in 0..g.c_out * oh {
-                    wide[r * wp..][..ow].copy_from_slice(&dy_img[r * ow..][..ow]);
-                }
+                widen_dy(g, dy_img, wide);
                 wide
             } else {
                 dy_img

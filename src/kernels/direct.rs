@@ -26,24 +26,30 @@ pub fn pack_weights(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f3
     packed
 }
 
-/// The kernel of the input gradient, packed like [`pack_weights`] for a convolution from
-/// `C_out` to `C_in` channels: `w'[ci][co][t] = w[co][ci][taps − 1 − t]` (flipped in both axes).
+/// The kernel of the convolution that gives a stride-1 convolution's input gradient, in the
+/// ordinary `[C_in][C_out][taps]` layout: `w'[ci][co][t] = w[co][ci][taps − 1 − t]`
+/// (transposed, and flipped in both axes).
+pub fn transpose_flip(w: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..taps {
+                out[(ci * c_out + co) * taps + t] = w[(co * c_in + ci) * taps + (taps - 1 - t)];
+            }
+        }
+    }
+    out
+}
+
+/// [`transpose_flip`] packed like [`pack_weights`], for a convolution from `C_out` to `C_in`
+/// channels.
 pub fn pack_weights_transposed_flipped(
     w: &[f32],
     c_out: usize,
     c_in: usize,
     taps: usize,
 ) -> Vec<f32> {
-    let mut packed = vec![0f32; w.len()];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            for t in 0..taps {
-                // As a convolution from C_out channels to C_in: input channel co, output ci.
-                packed[(co * taps + t) * c_in + ci] = w[(co * c_in + ci) * taps + (taps - 1 - t)];
-            }
-        }
-    }
-    packed
+    pack_weights(&transpose_flip(w, c_out, c_in, taps), c_in, c_out, taps)
 }
 
 /// Whether the micro-kernel can run on this CPU.
