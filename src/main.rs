@@ -30,12 +30,13 @@ struct Cli {
     /// CPU threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// CPU kernels: `auto` (this crate's kernels, each convolution on the faster of the
-    /// direct kernel and im2col + GEMM, timed once per shape on this machine and remembered in
-    /// ~/.cache/ddpm/conv-choices.json; runs record theirs in checkpoints), `rule` (the same
-    /// kernels chosen by a fixed size limit), `gemm` (every convolution as im2col + GEMM),
-    /// `direct` (the direct kernel for every stride-1 convolution; AVX-512 only) or `burn`
-    /// (burn's own ops). BENCHMARKS.md compares them.
+    /// CPU kernels: `auto` (this crate's kernels, each convolution on the fastest of im2col +
+    /// GEMM, the direct kernel and Winograd F(4×4, 3×3), timed once per shape on this machine
+    /// and remembered in ~/.cache/ddpm/conv-choices.json; runs record theirs in checkpoints),
+    /// `rule` (the same kernels chosen by a fixed size limit, no Winograd), `gemm` (every
+    /// convolution as im2col + GEMM), `direct` (the direct kernel for every stride-1
+    /// convolution; AVX-512 only), `winograd` (Winograd for every stride-1 3×3 convolution,
+    /// `rule` for the rest) or `burn` (burn's own ops). BENCHMARKS.md compares them.
     #[arg(long, global = true, default_value = "auto")]
     kernels: ddpm::kernels::KernelPolicy,
     /// Memory allocator settings: `tuned` (freed buffers stay in the heap; see BENCHMARKS.md)

@@ -14,6 +14,7 @@
 
 use super::policy::KernelPolicy;
 use super::simd::multiversion;
+pub use super::tune::Algo;
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
@@ -78,7 +79,7 @@ impl ConvGeom {
     /// Stride-1 convolutions use the "wide" layout: the input is zero-padded once to
     /// Hp × Wp planes, each patch row is then one contiguous slice of them, and the GEMM
     /// computes out_h × Wp outputs of which the last Wp − out_w per row are discarded.
-    fn is_wide(&self) -> bool {
+    pub(crate) fn is_wide(&self) -> bool {
         self.stride == 1 && !self.is_pointwise()
     }
 
@@ -304,7 +305,7 @@ fn patches<'a>(g: &ConvGeom, x: &'a [f32], pad: &mut Vec<f32>, col: &'a mut Vec<
 
 /// `dst[m×n] (= dst +) lhs[m×k] · rhs[k×n]`, all given by (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,
@@ -368,33 +369,75 @@ fn direct_fits(g: &ConvGeom) -> bool {
     g.col_rows() <= DIRECT_MAX_DEPTH && g.c_out <= DIRECT_MAX_CHANNELS
 }
 
-/// Whether [`direct`](super::direct) runs this convolution: stride 1 (the wide layout) with
-/// AVX-512, and under [`KernelPolicy::Auto`] the faster on this machine once the tuner is on
-/// ([`super::tune`]), else small enough ([`DIRECT_MAX_DEPTH`], [`DIRECT_MAX_CHANNELS`]); under
-/// [`KernelPolicy::Rule`] always by that size rule; never under [`KernelPolicy::Gemm`].
-pub fn direct_applies(g: &ConvGeom) -> bool {
-    let possible = g.is_wide() && super::direct::available();
-    match super::policy::policy() {
-        KernelPolicy::Auto => {
-            possible && super::tune::choose(g, direct_fits) == super::tune::Algo::Direct
-        }
-        KernelPolicy::Rule => possible && direct_fits(g),
-        KernelPolicy::Direct => possible,
-        KernelPolicy::Gemm | KernelPolicy::Burn => false,
+/// The size rule: the direct kernel (stride 1, AVX-512) when small enough
+/// ([`DIRECT_MAX_DEPTH`], [`DIRECT_MAX_CHANNELS`]), else im2col + GEMM.
+fn rule(g: &ConvGeom) -> Algo {
+    if Algo::Direct.runs(g) && direct_fits(g) {
+        Algo::Direct
+    } else {
+        Algo::Gemm
     }
 }
 
-/// Whether the input gradient of `g` runs on the direct kernel, as the stride-1 convolution
-/// `gt` of `dy` with the flipped kernel: under [`KernelPolicy::Auto`] and
-/// [`KernelPolicy::Rule`] decided for `gt` as [`direct_applies`] decides; under
-/// [`KernelPolicy::Direct`] whenever `gt` fits the size rule.
-fn direct_input_grad(g: &ConvGeom, gt: &ConvGeom) -> bool {
+/// The algorithm that runs the convolution `g` under the [`KernelPolicy`] in force:
+/// - under [`KernelPolicy::Auto`], the fastest on this machine of those that can run `g`,
+///   once the tuner is on ([`super::tune`]), else [`rule`]'s choice;
+/// - under [`KernelPolicy::Rule`], [`rule`]'s choice;
+/// - under [`KernelPolicy::Direct`], the direct kernel wherever it runs (stride 1, AVX-512);
+/// - under [`KernelPolicy::Winograd`], Winograd F(4×4, 3×3) for every stride-1 3×3
+///   convolution and [`rule`]'s choice for the others;
+/// - under [`KernelPolicy::Gemm`] (and [`KernelPolicy::Burn`], whose convolutions never get
+///   here), im2col + GEMM.
+///
+/// Inside [`with_exact_sums`](super::precision::with_exact_sums) a Winograd choice becomes
+/// [`rule`]'s.
+pub fn algorithm(g: &ConvGeom) -> Algo {
+    let algo = policy_algorithm(g);
+    if algo == Algo::Winograd && super::precision::exact_sums() {
+        rule(g)
+    } else {
+        algo
+    }
+}
+
+fn policy_algorithm(g: &ConvGeom) -> Algo {
     match super::policy::policy() {
-        KernelPolicy::Direct => direct_fits(gt),
-        _ => direct_applies(&ConvGeom {
-            batch: g.batch,
-            ..*gt
-        }),
+        KernelPolicy::Auto => {
+            if Algo::Direct.runs(g) || Algo::Winograd.runs(g) {
+                super::tune::choose(g, rule)
+            } else {
+                Algo::Gemm
+            }
+        }
+        KernelPolicy::Rule => rule(g),
+        KernelPolicy::Direct if Algo::Direct.runs(g) => Algo::Direct,
+        KernelPolicy::Winograd if Algo::Winograd.runs(g) => Algo::Winograd,
+        KernelPolicy::Winograd => rule(g),
+        KernelPolicy::Direct | KernelPolicy::Gemm | KernelPolicy::Burn => Algo::Gemm,
+    }
+}
+
+/// Whether [`direct`](super::direct) runs this convolution ([`algorithm`]).
+pub fn direct_applies(g: &ConvGeom) -> bool {
+    algorithm(g) == Algo::Direct
+}
+
+/// The algorithm of the input gradient of `g`: the stride-1 convolution `gt` of `dy` with the
+/// flipped kernel (over the whole batch) is chosen as [`algorithm`] chooses, except that
+/// [`KernelPolicy::Direct`] keeps the direct kernel to shapes that fit the size rule;
+/// [`Algo::Gemm`] (col2im of Wᵀ·dy) when there is no such convolution.
+fn input_grad_algo(g: &ConvGeom) -> Algo {
+    let Some(gt) = input_grad_geom(g) else {
+        return Algo::Gemm;
+    };
+    let gt = ConvGeom {
+        batch: g.batch,
+        ..gt
+    };
+    match super::policy::policy() {
+        KernelPolicy::Direct if !direct_fits(&gt) => Algo::Gemm,
+        KernelPolicy::Gemm | KernelPolicy::Burn => Algo::Gemm,
+        _ => algorithm(&gt),
     }
 }
 
@@ -454,24 +497,25 @@ fn direct_image(
 
 /// `y = conv(x, weight) + bias`, NCHW; returns `[B, C_out, out_h, out_w]` flattened.
 pub fn conv2d_forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    conv2d_forward_with(g, x, weight, bias, direct_applies(g))
+    conv2d_forward_with(g, x, weight, bias, algorithm(g))
 }
 
-/// [`conv2d_forward`] with the algorithm chosen by the caller: the direct kernel (`direct`,
-/// stride 1 with AVX-512 only) or im2col + GEMM.
+/// [`conv2d_forward`] with the algorithm chosen by the caller (one that [`Algo::runs`] `g`).
 pub fn conv2d_forward_with(
     g: &ConvGeom,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
-    direct: bool,
+    algo: Algo,
 ) -> Vec<f32> {
-    assert!(
-        !direct || (g.is_wide() && super::direct::available()),
-        "conv2d: direct kernel does not apply"
-    );
+    assert!(algo.runs(g), "conv2d: {} does not run {g:?}", algo.name());
     assert_eq!(x.len(), g.batch * g.in_len(), "conv2d: input size");
     assert_eq!(weight.len(), g.c_out * g.col_rows(), "conv2d: weight size");
+    if algo == Algo::Winograd {
+        let u = super::winograd::transform_weights(weight, g.c_out, g.c_in);
+        return super::winograd::forward(g, x, &u, bias);
+    }
+    let direct = algo == Algo::Direct;
     let (p, kk) = (g.out_pixels(), g.col_rows());
     let mut y = vec![0f32; g.batch * g.c_out * p];
     if y.is_empty() {
@@ -713,31 +757,59 @@ pub fn conv2d_backward(
     dy: &[f32],
     want: [bool; 3],
 ) -> ConvGrads {
-    let direct_possible = g.is_wide()
-        && super::direct::available()
-        && !matches!(
-            super::policy::policy(),
-            KernelPolicy::Gemm | KernelPolicy::Burn
-        );
-    conv2d_backward_with(g, x, weight, dy, want, direct_possible)
+    let dx_algo = if want[0] {
+        input_grad_algo(g)
+    } else {
+        Algo::Gemm
+    };
+    let dw_algo = if want[1] {
+        weight_grad_algo(g)
+    } else {
+        Algo::Gemm
+    };
+    conv2d_backward_with(g, x, weight, dy, want, dx_algo, dw_algo)
 }
 
-/// [`conv2d_backward`] with the direct kernel allowed (`direct`) or not for the input gradient
-/// (see [`conv2d_forward_with`]); where allowed, the policy decides per shape (the gradient is
-/// a convolution of its own shape). The weight gradient is always a GEMM.
+/// The algorithm of the weight gradient of `g`: Winograd or im2col + GEMM, measured per shape
+/// by the tuner under [`KernelPolicy::Auto`]; under [`KernelPolicy::Winograd`] Winograd
+/// wherever it runs; otherwise, and inside
+/// [`with_exact_sums`](super::precision::with_exact_sums), the GEMM.
+fn weight_grad_algo(g: &ConvGeom) -> Algo {
+    if !Algo::Winograd.runs(g) || super::precision::exact_sums() {
+        return Algo::Gemm;
+    }
+    match super::policy::policy() {
+        KernelPolicy::Auto => super::tune::choose_weight_grad(g, Algo::Gemm),
+        KernelPolicy::Winograd => Algo::Winograd,
+        _ => Algo::Gemm,
+    }
+}
+
+/// [`conv2d_backward`] with the algorithms chosen by the caller. The input gradient
+/// (`dx_algo`): a stride-1 convolution of `dy` with the flipped, transposed kernel on the
+/// direct kernel or Winograd (where that convolution exists and the algorithm runs it), else
+/// (and for [`Algo::Gemm`]) col2im(Wᵀ·dy). The weight gradient (`dw_algo`): Winograd where it
+/// runs, else Σ dy·colᵀ by GEMM.
 pub fn conv2d_backward_with(
     g: &ConvGeom,
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
     want: [bool; 3],
-    direct: bool,
+    dx_algo: Algo,
+    dw_algo: Algo,
 ) -> ConvGrads {
-    let grad_geom = if direct {
-        input_grad_geom(g).filter(|gt| direct_input_grad(g, gt))
-    } else {
-        None
-    };
+    let winograd_dw = want[1] && dw_algo == Algo::Winograd && Algo::Winograd.runs(g);
+    // The chunks of images below compute the GEMM route's weight gradient.
+    let chunk_dw = want[1] && !winograd_dw;
+    let full_grad_geom = input_grad_geom(g).map(|gt| ConvGeom {
+        batch: g.batch,
+        ..gt
+    });
+    let runs = |a: Algo| dx_algo == a && full_grad_geom.is_some_and(|gt| a.runs(&gt));
+    // The direct kernel runs image by image inside the chunks below, Winograd over the batch.
+    let grad_geom = input_grad_geom(g).filter(|_| runs(Algo::Direct));
+    let winograd_dx = want[0] && runs(Algo::Winograd);
     let (wt_t, offs_t) = match &grad_geom {
         Some(gt) if want[0] => (
             super::direct::pack_weights_transposed_flipped(weight, g.c_out, g.c_in, g.kh * g.kw),
@@ -782,7 +854,7 @@ pub fn conv2d_backward_with(
         } else {
             WEIGHT_GRAD_CHUNK.min(g.batch - first)
         };
-        let mut dw = want_w.then(|| vec![0f32; g.c_out * kk]);
+        let mut dw = chunk_dw.then(|| vec![0f32; g.c_out * kk]);
         let n = g.gemm_n();
         let mut work = Work::default();
         let mut dx_chunk = dx_chunk;
@@ -867,9 +939,19 @@ pub fn conv2d_backward_with(
     };
 
     let starts: Vec<usize> = (0..g.batch).step_by(WEIGHT_GRAD_CHUNK).collect();
-    let mut dx = want_x.then(|| vec![0f32; x.len()]);
-    let partials: Vec<Option<Vec<f32>>> = if g.image_parallel() {
-        match dx.as_mut() {
+    let mut dx = if winograd_dx {
+        let gt = full_grad_geom.expect("checked by `runs`");
+        let wt = super::direct::transpose_flip(weight, g.c_out, g.c_in, g.kh * g.kw);
+        let u = super::winograd::transform_weights(&wt, g.c_in, g.c_out);
+        Some(super::winograd::forward(&gt, dy, &u, None))
+    } else {
+        want_x.then(|| vec![0f32; x.len()])
+    };
+    let chunk_dx = if winograd_dx { None } else { dx.as_mut() };
+    let partials: Vec<Option<Vec<f32>>> = if !chunk_dw && chunk_dx.is_none() {
+        Vec::new()
+    } else if g.image_parallel() {
+        match chunk_dx {
             Some(dx) => dx
                 .par_chunks_mut(WEIGHT_GRAD_CHUNK * g.in_len())
                 .zip(starts.par_iter())
@@ -881,7 +963,7 @@ pub fn conv2d_backward_with(
                 .collect(),
         }
     } else {
-        match dx.as_mut() {
+        match chunk_dx {
             Some(dx) => dx
                 .chunks_mut(WEIGHT_GRAD_CHUNK * g.in_len())
                 .zip(starts.iter())
@@ -893,21 +975,28 @@ pub fn conv2d_backward_with(
                 .collect(),
         }
     };
-    let weight_grad = want_w.then(|| {
-        let mut parts = partials.into_iter().flatten();
-        let mut total = parts.next().expect("at least one chunk");
-        for part in parts {
-            for (t, v) in total.iter_mut().zip(&part) {
-                *t += v;
-            }
-        }
-        total
-    });
+    let weight_grad = if winograd_dw {
+        Some(super::winograd::weight_grad(g, x, dy))
+    } else {
+        chunk_dw.then(|| sum_partials(partials))
+    };
     ConvGrads {
         x: dx,
         weight: weight_grad,
         bias,
     }
+}
+
+/// The partial weight gradients of the chunks, summed in chunk order.
+fn sum_partials(partials: Vec<Option<Vec<f32>>>) -> Vec<f32> {
+    let mut parts = partials.into_iter().flatten();
+    let mut total = parts.next().expect("at least one chunk");
+    for part in parts {
+        for (t, v) in total.iter_mut().zip(&part) {
+            *t += v;
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -951,17 +1040,16 @@ mod tests {
         crate::testing::lcg_values(n, seed, 1442695040888963407, 1.0)
     }
 
-    /// Both algorithms where the direct kernel applies (it needs AVX-512; without it only
-    /// the GEMM route is tested, and a line says so).
-    fn algorithms(g: &ConvGeom) -> Vec<bool> {
-        if g.is_wide() && super::super::direct::available() {
-            vec![false, true]
-        } else {
-            if g.is_wide() {
-                println!("{g:?}: no AVX-512 here, direct kernel not tested");
-            }
-            vec![false]
+    /// Every algorithm that runs `g` here (the direct kernel needs AVX-512; without it a line
+    /// says it was not tested).
+    fn algorithms(g: &ConvGeom) -> Vec<Algo> {
+        if g.is_wide() && !super::super::direct::available() {
+            println!("{g:?}: no AVX-512 here, direct kernel not tested");
         }
+        [Algo::Gemm, Algo::Direct, Algo::Winograd]
+            .into_iter()
+            .filter(|a| a.runs(g))
+            .collect()
     }
 
     fn geoms() -> Vec<ConvGeom> {
@@ -1014,15 +1102,72 @@ mod tests {
             let w = lcg(g.c_out * g.col_rows(), 100 + i as u64);
             let bias = lcg(g.c_out, 200 + i as u64);
             let r = naive_forward(&g, &x, &w, &bias);
-            for direct in algorithms(&g) {
-                let y = conv2d_forward_with(&g, &x, &w, Some(&bias), direct);
+            for algo in algorithms(&g) {
+                let y = conv2d_forward_with(&g, &x, &w, Some(&bias), algo);
                 assert_eq!(y.len(), r.len());
+                // Winograd's transforms amplify rounding (docs/math.md §21).
+                let tol = match algo {
+                    Algo::Winograd => 4e-5 * (g.col_rows() as f64).sqrt(),
+                    _ => 1e-5,
+                };
                 for (a, b) in y.iter().zip(&r) {
-                    assert!(
-                        (*a as f64 - b).abs() < 1e-5,
-                        "{g:?} direct {direct}: {a} vs {b}"
-                    );
+                    assert!((*a as f64 - b).abs() < tol, "{g:?} {algo:?}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    /// Winograd F(4×4, 3×3) against the definition on every 3×3 stride-1 shape above, plus
+    /// wider ones whose channel counts leave partial vector blocks (17, 33) and several tasks;
+    /// its gradients against the GEMM route's.
+    #[test]
+    fn winograd_matches_the_definition_and_the_gemm_gradients() {
+        use super::super::winograd;
+        let mut shapes: Vec<ConvGeom> = geoms().into_iter().filter(winograd::applies).collect();
+        let g = |batch, c_in, h, w, c_out, pad| ConvGeom {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad,
+        };
+        shapes.push(g(5, 17, 9, 13, 33, [1, 1, 1, 1]));
+        shapes.push(g(3, 16, 8, 8, 16, [2, 0, 1, 2]));
+        shapes.push(g(70, 2, 3, 3, 3, [1, 1, 1, 1]));
+        assert!(shapes.len() >= 7, "{}", shapes.len());
+        for (i, g) in shapes.iter().enumerate() {
+            let x = lcg(g.batch * g.in_len(), 700 + i as u64);
+            let w = lcg(g.c_out * g.col_rows(), 800 + i as u64);
+            let bias = lcg(g.c_out, 900 + i as u64);
+            let r = naive_forward(g, &x, &w, &bias);
+            let u = winograd::transform_weights(&w, g.c_out, g.c_in);
+            let y = winograd::forward(g, &x, &u, Some(&bias));
+            assert_eq!(y.len(), r.len());
+            // The rounding error grows with the number of summed terms (C_in·9).
+            let tol = 1e-5 * (g.col_rows() as f64).sqrt() * 4.0;
+            for (j, (a, b)) in y.iter().zip(&r).enumerate() {
+                assert!((*a as f64 - b).abs() < tol, "{g:?} [{j}]: {a} vs {b}");
+            }
+            // Gradients through the Winograd domain against the GEMM route's (itself checked
+            // against finite differences below), relative to the largest entry.
+            let dy = lcg(y.len(), 1000 + i as u64);
+            let want = [true, true, false];
+            let gemm = conv2d_backward_with(g, &x, &w, &dy, want, Algo::Gemm, Algo::Gemm);
+            let wino = conv2d_backward_with(g, &x, &w, &dy, want, Algo::Winograd, Algo::Winograd);
+            for (name, a, b) in [
+                ("dx", wino.x.unwrap(), gemm.x.unwrap()),
+                ("dW", wino.weight.unwrap(), gemm.weight.unwrap()),
+            ] {
+                let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let err = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(err < 2e-5 * scale, "{g:?} {name}: {err:e} (scale {scale})");
             }
         }
     }
@@ -1089,13 +1234,29 @@ mod tests {
             let round = |v: &[f32]| v.iter().map(|&a| round_bf16(a)).collect::<Vec<_>>();
             let want = [true, true, true];
             let got = conv2d_backward_bf16(&g, &x, &w, &dy, want);
-            let f32_grads = conv2d_backward_with(&g, &x, &w, &dy, want, false);
-            let rounded = conv2d_backward_with(&g, &x, &round(&w), &round(&dy), want, false);
+            let f32_grads = conv2d_backward_with(&g, &x, &w, &dy, want, Algo::Gemm, Algo::Gemm);
+            let rounded = conv2d_backward_with(
+                &g,
+                &x,
+                &round(&w),
+                &round(&dy),
+                want,
+                Algo::Gemm,
+                Algo::Gemm,
+            );
             let (dx, dx_r) = (got.x.unwrap(), rounded.x.unwrap());
             for (a, b) in dx.iter().zip(&dx_r) {
                 assert!((a - b).abs() < 1e-5, "{g:?}: dx {a} vs {b}");
             }
-            let dw_r = conv2d_backward_with(&g, &round(&x), &w, &round(&dy), want, false);
+            let dw_r = conv2d_backward_with(
+                &g,
+                &round(&x),
+                &w,
+                &round(&dy),
+                want,
+                Algo::Gemm,
+                Algo::Gemm,
+            );
             let (dw, dw_r, dw32) = (
                 got.weight.unwrap(),
                 dw_r.weight.unwrap(),
@@ -1134,8 +1295,8 @@ mod tests {
             let w = lcg(g.c_out * g.col_rows(), 400 + i as u64);
             let bias = lcg(g.c_out, 500 + i as u64);
             let dy = lcg(g.batch * g.c_out * g.out_pixels(), 600 + i as u64);
-            for direct in algorithms(&g) {
-                let grads = conv2d_backward_with(&g, &x, &w, &dy, [true, true, true], direct);
+            for algo in algorithms(&g) {
+                let grads = conv2d_backward_with(&g, &x, &w, &dy, [true, true, true], algo, algo);
                 let loss = |x: &[f32], w: &[f32], bias: &[f32]| -> f64 {
                     naive_forward(&g, x, w, bias)
                         .iter()

@@ -17,6 +17,7 @@ pub mod precision;
 pub mod random;
 pub mod simd;
 pub mod tune;
+pub mod winograd;
 
 pub use policy::{KernelPolicy, policy, set_policy};
 pub use precision::{Precision, with_precision};

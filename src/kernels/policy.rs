@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Other devices (wgpu) always use burn's ops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelPolicy {
-    /// This crate's kernels; each stride-1 convolution (with AVX-512) runs on the faster of
-    /// the direct kernel and im2col + GEMM, measured per shape on this machine once the tuner
-    /// is on (`kernels::tune`; the CLI turns it on), by [`KernelPolicy::Rule`]'s limits
-    /// before that.
+    /// This crate's kernels; each stride-1 convolution runs on the fastest of im2col + GEMM,
+    /// the direct kernel (AVX-512) and Winograd F(4×4, 3×3) (3×3 kernels), measured per shape
+    /// on this machine once the tuner is on (`kernels::tune`; the CLI turns it on), by
+    /// [`KernelPolicy::Rule`]'s limits before that.
     #[default]
     Auto,
     /// This crate's kernels, the direct kernel for stride-1 layers within a fixed size limit
@@ -24,27 +24,32 @@ pub enum KernelPolicy {
     /// This crate's kernels, the direct kernel for every stride-1 convolution whatever its
     /// size (where AVX-512 is available; GEMM otherwise).
     Direct,
+    /// This crate's kernels, Winograd F(4×4, 3×3) (Lavin & Gray 2016) for every stride-1 3×3
+    /// convolution and its input gradient, [`KernelPolicy::Rule`] for the others.
+    Winograd,
     /// burn's own ops everywhere (the "before" of BENCHMARKS.md).
     Burn,
 }
 
 impl KernelPolicy {
     /// Every policy, in the order of [`KernelPolicy::name`]'s documentation.
-    pub const ALL: [KernelPolicy; 5] = [
+    pub const ALL: [KernelPolicy; 6] = [
         KernelPolicy::Auto,
         KernelPolicy::Rule,
         KernelPolicy::Gemm,
         KernelPolicy::Direct,
+        KernelPolicy::Winograd,
         KernelPolicy::Burn,
     ];
 
-    /// `auto`, `gemm`, `direct` or `burn`.
+    /// `auto`, `rule`, `gemm`, `direct`, `winograd` or `burn`.
     pub fn name(self) -> &'static str {
         match self {
             KernelPolicy::Auto => "auto",
             KernelPolicy::Rule => "rule",
             KernelPolicy::Gemm => "gemm",
             KernelPolicy::Direct => "direct",
+            KernelPolicy::Winograd => "winograd",
             KernelPolicy::Burn => "burn",
         }
     }
@@ -64,7 +69,7 @@ impl FromStr for KernelPolicy {
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| {
-                format!("unknown kernel policy `{s}` (auto, rule, gemm, direct or burn)")
+                format!("unknown kernel policy `{s}` (auto, rule, gemm, direct, winograd or burn)")
             })
     }
 }

@@ -97,6 +97,30 @@ pub fn with_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+thread_local! {
+    static EXACT_SUMS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether convolutions on this thread must be plain sums of products (no Winograd, whose
+/// transforms add rounding error; [`with_exact_sums`]).
+pub fn exact_sums() -> bool {
+    EXACT_SUMS.with(|c| c.get())
+}
+
+/// Runs `f` with the convolutions on this thread computed as plain sums of products (direct
+/// kernel or GEMM, never Winograd), as the FID network needs to reproduce its reference
+/// features; restores the previous setting afterwards.
+pub fn with_exact_sums<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXACT_SUMS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(EXACT_SUMS.with(|c| c.replace(true)));
+    f()
+}
+
 /// Whether this CPU has AVX-512 with the bf16 dot product.
 pub fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]

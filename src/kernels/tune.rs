@@ -1,9 +1,9 @@
-//! Per-shape choice between the direct kernel and im2col + GEMM, by measurement on the machine
-//! at hand instead of a size rule tuned on one CPU ([`KernelPolicy::Auto`] once the tuner is
-//! enabled; the CLI enables it).
+//! Per-shape choice among im2col + GEMM, the direct kernel and Winograd F(4×4, 3×3), by
+//! measurement on the machine at hand instead of a size rule tuned on one CPU
+//! ([`KernelPolicy::Auto`] once the tuner is enabled; the CLI enables it).
 //!
 //! The first convolution of each shape (input, output channels, kernel, padding, batch) times
-//! both algorithms on random data of that shape and keeps the faster; the choice is then fixed
+//! every algorithm that can run it on random data of that shape and keeps the fastest; the choice is then fixed
 //! for the process and, with a cache file, for the machine (keyed by the CPU and thread count;
 //! processes that start together take turns through a lock file, so they agree). A training
 //! run records the choices it used in its checkpoints, and a resumed run pins them
@@ -17,23 +17,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::conv::{ConvGeom, conv2d_forward_with};
+use super::conv::{ConvGeom, conv2d_backward_with, conv2d_forward_with};
 
-/// The two algorithms of a stride-1 convolution.
+/// The algorithms of a stride-1 convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
     /// The direct AVX-512 kernel (`kernels::direct`).
     Direct,
     /// im2col + GEMM.
     Gemm,
+    /// Winograd F(4×4, 3×3) (`kernels::winograd`; 3×3 kernels only).
+    Winograd,
 }
 
 impl Algo {
-    /// `direct` or `gemm`.
+    /// `direct`, `gemm` or `winograd`.
     pub fn name(self) -> &'static str {
         match self {
             Algo::Direct => "direct",
             Algo::Gemm => "gemm",
+            Algo::Winograd => "winograd",
         }
     }
 
@@ -41,13 +44,24 @@ impl Algo {
         match s {
             "direct" => Some(Algo::Direct),
             "gemm" => Some(Algo::Gemm),
+            "winograd" => Some(Algo::Winograd),
             _ => None,
+        }
+    }
+
+    /// Whether this algorithm can run `g` on this CPU.
+    pub fn runs(self, g: &ConvGeom) -> bool {
+        match self {
+            Algo::Gemm => true,
+            Algo::Direct => g.is_wide() && super::direct::available(),
+            Algo::Winograd => super::winograd::applies(g),
         }
     }
 }
 
-/// The direct kernel must beat the GEMM route by this factor to be chosen: near-ties go to the
-/// general route, so timing noise does not flip choices between machines of one kind.
+/// A specialised kernel (direct or Winograd) must beat the GEMM route by this factor to be
+/// chosen: near-ties go to the general route, so timing noise does not flip choices between
+/// machines of one kind.
 pub const DIRECT_MARGIN: f64 = 0.97;
 
 struct Tuner {
@@ -92,8 +106,10 @@ pub fn machine_key() -> String {
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_else(|| "?".into())
     };
+    // The algorithm list is part of the key: choices made before Winograd existed did not
+    // measure it, so they are not reused.
     format!(
-        "{} (family {}, model {}, stepping {}), avx512 {}, {} threads",
+        "{} (family {}, model {}, stepping {}), avx512 {}, {} threads, gemm/direct/winograd",
         field("model name"),
         field("cpu family"),
         field("model"),
@@ -149,32 +165,75 @@ fn best_of_three(mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Times both algorithms on random data of shape `g` (seconds: direct, GEMM).
-pub fn measure(g: &ConvGeom) -> (f64, f64) {
+/// Times every algorithm that runs `g` on random data of its shape (seconds each, GEMM first).
+pub fn measure(g: &ConvGeom) -> Vec<(Algo, f64)> {
     let x = crate::noise::lcg_values(g.batch * g.in_len(), 1, 1, 0.5);
     let w = crate::noise::lcg_values(g.c_out * g.col_rows(), 2, 1, 0.5);
-    let direct = best_of_three(|| {
-        std::hint::black_box(conv2d_forward_with(g, &x, &w, None, true));
-    });
-    let gemm = best_of_three(|| {
-        std::hint::black_box(conv2d_forward_with(g, &x, &w, None, false));
-    });
-    (direct, gemm)
+    [Algo::Gemm, Algo::Direct, Algo::Winograd]
+        .into_iter()
+        .filter(|a| a.runs(g))
+        .map(|a| {
+            let secs = best_of_three(|| {
+                std::hint::black_box(conv2d_forward_with(g, &x, &w, None, a));
+            });
+            (a, secs)
+        })
+        .collect()
 }
 
-/// The algorithm for the stride-1 convolution `g` (the direct kernel available): the pinned,
-/// cached or measured choice when the tuner is on, else `rule(g)`.
-pub fn choose(g: &ConvGeom, rule: impl Fn(&ConvGeom) -> bool) -> Algo {
-    let key = shape_key(g);
+/// Times the weight gradient of `g` through im2col + GEMM and, where it runs, Winograd
+/// (seconds each, GEMM first).
+pub fn measure_weight_grad(g: &ConvGeom) -> Vec<(Algo, f64)> {
+    let x = crate::noise::lcg_values(g.batch * g.in_len(), 1, 1, 0.5);
+    let w = crate::noise::lcg_values(g.c_out * g.col_rows(), 2, 1, 0.5);
+    let [_, c, h, wd] = g.out_shape();
+    let dy = crate::noise::lcg_values(g.batch * c * h * wd, 3, 1, 0.5);
+    [Algo::Gemm, Algo::Winograd]
+        .into_iter()
+        .filter(|a| a.runs(g))
+        .map(|a| {
+            let secs = best_of_three(|| {
+                std::hint::black_box(conv2d_backward_with(
+                    g,
+                    &x,
+                    &w,
+                    &dy,
+                    [false, true, false],
+                    Algo::Gemm,
+                    a,
+                ));
+            });
+            (a, secs)
+        })
+        .collect()
+}
+
+/// The algorithm for the stride-1 convolution `g`: the pinned, cached or measured choice when
+/// the tuner is on, else `rule(g)`.
+pub fn choose(g: &ConvGeom, rule: impl Fn(&ConvGeom) -> Algo) -> Algo {
+    choose_keyed(shape_key(g), || rule(g), || decide(measure(g)))
+}
+
+/// The algorithm for the weight gradient of `g` (im2col + GEMM or Winograd), chosen as
+/// [`choose`] chooses, under the key `dW <shape>`; `rule` when the tuner is off.
+pub fn choose_weight_grad(g: &ConvGeom, rule: Algo) -> Algo {
+    choose_keyed(
+        format!("dW {}", shape_key(g)),
+        || rule,
+        || decide(measure_weight_grad(g)),
+    )
+}
+
+fn choose_keyed(key: String, rule: impl FnOnce() -> Algo, decide: impl Fn() -> Algo) -> Algo {
     let mut t = tuner();
     if let Some(&a) = t.choices.get(&key) {
         return a;
     }
     if !t.enabled {
-        return if rule(g) { Algo::Direct } else { Algo::Gemm };
+        return rule();
     }
     let algo = match t.cache.clone() {
-        Some(path) => match decide_with_cache(&path, &key, g) {
+        Some(path) => match decide_with_cache(&path, &key, &decide) {
             Ok(a) => a,
             Err(e) => {
                 if t.cache_problem.is_none() {
@@ -185,21 +244,22 @@ pub fn choose(g: &ConvGeom, rule: impl Fn(&ConvGeom) -> bool) -> Algo {
                     t.cache_problem = Some(e);
                 }
                 t.cache = None;
-                decide(g)
+                decide()
             }
         },
-        None => decide(g),
+        None => decide(),
     };
     t.choices.insert(key, algo);
     algo
 }
 
-fn decide(g: &ConvGeom) -> Algo {
-    let (direct, gemm) = measure(g);
-    if direct < DIRECT_MARGIN * gemm {
-        Algo::Direct
-    } else {
-        Algo::Gemm
+/// The fastest of the measured algorithms (GEMM first): a specialised one only when it beats
+/// the GEMM by [`DIRECT_MARGIN`].
+fn decide(times: Vec<(Algo, f64)>) -> Algo {
+    let gemm = times[0].1;
+    match times[1..].iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+        Some(&(a, t)) if t < DIRECT_MARGIN * gemm => a,
+        _ => Algo::Gemm,
     }
 }
 
@@ -207,7 +267,7 @@ type CacheFile = BTreeMap<String, BTreeMap<String, String>>;
 
 /// Reads the machine's choice for `key` from the cache, or measures it and writes it back,
 /// holding the cache's lock file throughout so concurrent processes agree.
-fn decide_with_cache(path: &Path, key: &str, g: &ConvGeom) -> Result<Algo, String> {
+fn decide_with_cache(path: &Path, key: &str, decide: impl Fn() -> Algo) -> Result<Algo, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
@@ -233,7 +293,7 @@ fn decide_with_cache(path: &Path, key: &str, g: &ConvGeom) -> Result<Algo, Strin
     {
         return Ok(a);
     }
-    let algo = decide(g);
+    let algo = decide();
     file.entry(machine)
         .or_default()
         .insert(key.to_string(), algo.name().to_string());
@@ -270,8 +330,8 @@ mod tests {
         }
         // Off: the rule decides and nothing is recorded.
         let g = geom(16, 2);
-        assert_eq!(choose(&g, |_| true), Algo::Direct);
-        assert_eq!(choose(&g, |_| false), Algo::Gemm);
+        assert_eq!(choose(&g, |_| Algo::Direct), Algo::Direct);
+        assert_eq!(choose(&g, |_| Algo::Gemm), Algo::Gemm);
         assert!(snapshot().is_empty());
 
         // Pinned choices win over the rule.
@@ -280,7 +340,7 @@ mod tests {
             shape_key(&pinned),
             "direct".to_string(),
         )]));
-        assert_eq!(choose(&pinned, |_| false), Algo::Direct);
+        assert_eq!(choose(&pinned, |_| Algo::Gemm), Algo::Direct);
 
         // On, with a cache: a measured choice is stable and written for the machine.
         let dir = tempfile::tempdir().unwrap();
@@ -301,7 +361,7 @@ mod tests {
         // A choice already in the cache is read, not measured: write the opposite of what
         // measuring picked for a new shape, and the tuner must return it.
         let g3 = geom(40, 2);
-        let measured = decide(&g3);
+        let measured = decide(measure(&g3));
         let opposite = if measured == Algo::Direct {
             Algo::Gemm
         } else {

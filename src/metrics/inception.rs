@@ -155,10 +155,13 @@ impl FidInception {
             .fold(x, |h, n| self.c(&format!("{prefix}.{n}"), h))
     }
 
-    /// [B, 3, 299, 299] in [−1, 1] → [B, 2048] pool_3 features, always in f32 (a score is
-    /// measured with the same network whatever precision the sampler ran at).
+    /// [B, 3, 299, 299] in [−1, 1] → [B, 2048] pool_3 features, always in f32 and with plain
+    /// sums of products (no Winograd), so a score is measured with the same network whatever
+    /// precision and kernels the sampler ran with.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        crate::kernels::with_precision(crate::kernels::Precision::F32, || self.forward_f32(x))
+        crate::kernels::with_precision(crate::kernels::Precision::F32, || {
+            crate::kernels::precision::with_exact_sums(|| self.forward_f32(x))
+        })
     }
 
     fn forward_f32(&self, x: Tensor<4>) -> Tensor<2> {

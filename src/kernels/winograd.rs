@@ -1,0 +1,587 @@
+//! Winograd's minimal filtering F(4×4, 3×3) for stride-1 3×3 convolutions (Lavin & Gray 2016,
+//! "Fast Algorithms for Convolutional Neural Networks", §4).
+//!
+//! Each 4×4 tile of the output is `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, where `d` is the 6×6 input
+//! tile and `g` the 3×3 kernel. Summed over input channels, the element-wise product becomes 36
+//! matrix products, one per position ξ of the 6×6 transformed tile:
+//! `M_ξ [C_out × tiles] = U_ξ [C_out × C_in] · V_ξ [C_in × tiles]`. The direct convolution
+//! spends 16·9 = 144 multiply-adds per tile and channel pair, this one 36: the 3×3 layers'
+//! arithmetic drops fourfold, at the price of the transforms (linear in the channels, not in
+//! their product) and a larger rounding error than the direct sum's (interpolation points
+//! 0, ±1, ±2, ∞; docs/math.md §21).
+//!
+//! Layout: the input is copied once into zero-padded NHWC planes (the transforms then read
+//! every channel of a tile position contiguously and vectorise over channels); the transformed
+//! tiles are stored `[tile][ξ][channel]` and the products `[tile][ξ][C_out]`, so one tile's
+//! data is contiguous in both. Images are grouped so that each task holds about
+//! [`target_tiles`] tiles, and each task runs its 36 products on one thread (over all of them
+//! when there are too few tasks): the grouping depends only on the shape, so the result does
+//! not depend on the number of threads.
+
+// Index loops over the tile's rows and columns mirror the matrix formulas they compute.
+#![allow(clippy::needless_range_loop)]
+
+use super::conv::{ConvGeom, matmul};
+use super::simd::multiversion;
+use rayon::prelude::*;
+
+/// Side of the transformed tile: 4 outputs + 3 − 1.
+const ALPHA: usize = 6;
+/// Positions of the transformed tile.
+const XI: usize = ALPHA * ALPHA;
+/// Output tile side.
+const TILE: usize = 4;
+/// Channels per vector block of the transforms (one AVX-512 register of f32).
+const LANES: usize = 16;
+/// Tiles per task for `g`. Each task reads all of U (C_out·C_in·36 values) once per product
+/// and does work in proportion to tiles·(C_in + C_out) in the transforms, so wider layers need
+/// more tiles per task to amortise U; narrow ones fewer, so that a task's tiles stay in L2.
+/// Measured on small28's and cifar10's layers (BENCHMARKS.md): 64 to 512 by C_in + C_out.
+fn target_tiles(g: &ConvGeom) -> usize {
+    (g.c_in + g.c_out).clamp(64, 512)
+}
+
+/// Whether F(4×4, 3×3) computes `g`: 3×3 kernel, stride 1 (any padding).
+pub fn applies(g: &ConvGeom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.out_h() > 0 && g.out_w() > 0
+}
+
+/// `U_ξ = (G g Gᵀ)_ξ` for every kernel, as `[C_out][ξ][C_in]` (Lavin & Gray's filter
+/// transform with the points 0, ±1, ±2, ∞); output channels in parallel.
+pub fn transform_weights(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    assert_eq!(w.len(), c_out * c_in * 9, "winograd: weight size");
+    let mut u = vec![0f32; XI * c_out * c_in];
+    if u.is_empty() {
+        return u;
+    }
+    u.par_chunks_mut(XI * c_in)
+        .zip(w.par_chunks(9 * c_in))
+        .for_each(|(u_co, w_co)| filter_transform(w_co, c_in, u_co));
+    u
+}
+
+/// `G g` for one column of a 3×3 kernel.
+#[inline(always)]
+fn g3(g: [f32; 3]) -> [f32; ALPHA] {
+    [
+        0.25 * g[0],
+        (-1.0 / 6.0) * (g[0] + g[1] + g[2]),
+        (-1.0 / 6.0) * (g[0] - g[1] + g[2]),
+        (1.0 / 24.0) * g[0] + (1.0 / 12.0) * g[1] + (1.0 / 6.0) * g[2],
+        (1.0 / 24.0) * g[0] - (1.0 / 12.0) * g[1] + (1.0 / 6.0) * g[2],
+        g[2],
+    ]
+}
+
+multiversion! {
+/// The kernels of one output channel (`[C_in][3][3]`) into `u[ξ][C_in]`, 16 input channels at
+/// a time.
+fn filter_transform(w: &[f32], c_in: usize, u: &mut [f32]) {
+    // Taps major, so that 16 channels of one tap are contiguous.
+    let mut wt = vec![0f32; 9 * c_in];
+    for (ci, k) in w.chunks_exact(9).enumerate() {
+        for (tap, v) in k.iter().enumerate() {
+            wt[tap * c_in + ci] = *v;
+        }
+    }
+    for c0 in (0..c_in).step_by(LANES) {
+        let n = LANES.min(c_in - c0);
+        let g: [[Lanes; 3]; 3] =
+            std::array::from_fn(|a| std::array::from_fn(|b| load(&wt, (a * 3 + b) * c_in + c0, n)));
+        // G g column by column, then (G g) Gᵀ row by row.
+        let mut t = [[[0f32; LANES]; 3]; ALPHA];
+        for b in 0..3 {
+            for l in 0..LANES {
+                let col = g3([g[0][b][l], g[1][b][l], g[2][b][l]]);
+                for i in 0..ALPHA {
+                    t[i][b][l] = col[i];
+                }
+            }
+        }
+        for (i, ti) in t.iter().enumerate() {
+            let mut o = [[0f32; LANES]; ALPHA];
+            for l in 0..LANES {
+                let row = g3([ti[0][l], ti[1][l], ti[2][l]]);
+                for j in 0..ALPHA {
+                    o[j][l] = row[j];
+                }
+            }
+            for (j, oj) in o.iter().enumerate() {
+                store(u, (i * ALPHA + j) * c_in + c0, n, oj);
+            }
+        }
+    }
+}
+}
+
+/// `Bᵀ d` for one column of a 6×6 input tile.
+#[inline(always)]
+fn bt(d: [f32; ALPHA]) -> [f32; ALPHA] {
+    [
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        -4.0 * d[1] - 4.0 * d[2] + d[3] + d[4],
+        4.0 * d[1] - 4.0 * d[2] - d[3] + d[4],
+        -2.0 * d[1] - d[2] + 2.0 * d[3] + d[4],
+        2.0 * d[1] - d[2] - 2.0 * d[3] + d[4],
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ m` for one column of a 6×6 product tile.
+#[inline(always)]
+fn at(m: [f32; ALPHA]) -> [f32; TILE] {
+    [
+        m[0] + m[1] + m[2] + m[3] + m[4],
+        m[1] - m[2] + 2.0 * m[3] - 2.0 * m[4],
+        m[1] + m[2] + 4.0 * m[3] + 4.0 * m[4],
+        m[1] - m[2] + 8.0 * m[3] - 8.0 * m[4] + m[5],
+    ]
+}
+
+type Lanes = [f32; LANES];
+
+/// Reads `n ≤ 16` values from `s[at..]` into a vector (zeros after them).
+#[inline(always)]
+fn load(s: &[f32], at: usize, n: usize) -> Lanes {
+    let mut v = [0f32; LANES];
+    if n == LANES {
+        v.copy_from_slice(&s[at..at + LANES]);
+    } else {
+        v[..n].copy_from_slice(&s[at..at + n]);
+    }
+    v
+}
+
+#[inline(always)]
+fn store(d: &mut [f32], at: usize, n: usize, v: &Lanes) {
+    if n == LANES {
+        d[at..at + LANES].copy_from_slice(v);
+    } else {
+        d[at..at + n].copy_from_slice(&v[..n]);
+    }
+}
+
+/// The tile grid of one image and the padded NHWC planes it reads.
+#[derive(Clone, Copy)]
+struct Grid {
+    th: usize,
+    tw: usize,
+    hp: usize,
+    wp: usize,
+}
+
+impl Grid {
+    fn of(g: &ConvGeom) -> Grid {
+        let (th, tw) = (g.out_h().div_ceil(TILE), g.out_w().div_ceil(TILE));
+        // 4·tiles + 2 ≥ out + 2 = H + pad_top + pad_bottom: every tile's 6×6 read is inside.
+        Grid {
+            th,
+            tw,
+            hp: TILE * th + 2,
+            wp: TILE * tw + 2,
+        }
+    }
+
+    fn tiles(&self) -> usize {
+        self.th * self.tw
+    }
+}
+
+multiversion! {
+/// Copies `imgs` NCHW images into zero-padded NHWC planes `[img][hp][wp][C]`.
+fn pad_nhwc(g: &ConvGeom, grid: Grid, x: &[f32], xp: &mut [f32]) {
+    let c = g.c_in;
+    xp.fill(0.0);
+    let imgs = x.len() / g.in_len();
+    for i in 0..imgs {
+        for ci in 0..c {
+            for iy in 0..g.h {
+                let src = &x[((i * c + ci) * g.h + iy) * g.w..][..g.w];
+                let row = ((i * grid.hp + iy + g.pad[0]) * grid.wp + g.pad[1]) * c + ci;
+                for (ix, v) in src.iter().enumerate() {
+                    xp[row + ix * c] = *v;
+                }
+            }
+        }
+    }
+}
+}
+
+multiversion! {
+/// `V = Bᵀ d B` for every tile of `imgs` images, into `v[tile][ξ][C]`.
+fn input_transform(g: &ConvGeom, grid: Grid, imgs: usize, xp: &[f32], v: &mut [f32]) {
+    let c = g.c_in;
+    let mut tile = 0;
+    for i in 0..imgs {
+        for ty in 0..grid.th {
+            for tx in 0..grid.tw {
+                let out = &mut v[tile * XI * c..][..XI * c];
+                let base = ((i * grid.hp + TILE * ty) * grid.wp + TILE * tx) * c;
+                for c0 in (0..c).step_by(LANES) {
+                    let n = LANES.min(c - c0);
+                    let mut d = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    for (r, row) in d.iter_mut().enumerate() {
+                        for (s, e) in row.iter_mut().enumerate() {
+                            *e = load(xp, base + (r * grid.wp + s) * c + c0, n);
+                        }
+                    }
+                    // Bᵀ d, column by column, then (Bᵀ d) B row by row.
+                    let mut t = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    for s in 0..ALPHA {
+                        for l in 0..LANES {
+                            let col = bt([d[0][s][l], d[1][s][l], d[2][s][l], d[3][s][l], d[4][s][l], d[5][s][l]]);
+                            for r in 0..ALPHA {
+                                t[r][s][l] = col[r];
+                            }
+                        }
+                    }
+                    for r in 0..ALPHA {
+                        let mut o = [[0f32; LANES]; ALPHA];
+                        for l in 0..LANES {
+                            let row = bt([t[r][0][l], t[r][1][l], t[r][2][l], t[r][3][l], t[r][4][l], t[r][5][l]]);
+                            for s in 0..ALPHA {
+                                o[s][l] = row[s];
+                            }
+                        }
+                        for (s, os) in o.iter().enumerate() {
+                            store(out, (r * ALPHA + s) * c + c0, n, os);
+                        }
+                    }
+                }
+                tile += 1;
+            }
+        }
+    }
+}
+}
+
+multiversion! {
+/// `Y = Aᵀ M A + bias` for every tile of the products `m[tile][ξ][C_out]`, into NCHW `y`.
+fn output_transform(g: &ConvGeom, grid: Grid, imgs: usize, m: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (co, oh, ow) = (g.c_out, g.out_h(), g.out_w());
+    let mut tile = 0;
+    let mut out = [[0f32; TILE * TILE]; LANES];
+    for i in 0..imgs {
+        for ty in 0..grid.th {
+            for tx in 0..grid.tw {
+                let src = &m[tile * XI * co..][..XI * co];
+                let rows = TILE.min(oh - TILE * ty);
+                let cols = TILE.min(ow - TILE * tx);
+                for c0 in (0..co).step_by(LANES) {
+                    let n = LANES.min(co - c0);
+                    let mut p = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    for (r, row) in p.iter_mut().enumerate() {
+                        for (s, e) in row.iter_mut().enumerate() {
+                            *e = load(src, (r * ALPHA + s) * co + c0, n);
+                        }
+                    }
+                    let b = match bias {
+                        Some(b) => load(b, c0, n),
+                        None => [0f32; LANES],
+                    };
+                    // Aᵀ p, column by column, then (Aᵀ p) A row by row.
+                    let mut t = [[[0f32; LANES]; ALPHA]; TILE];
+                    for s in 0..ALPHA {
+                        for l in 0..LANES {
+                            let col = at([p[0][s][l], p[1][s][l], p[2][s][l], p[3][s][l], p[4][s][l], p[5][s][l]]);
+                            for r in 0..TILE {
+                                t[r][s][l] = col[r];
+                            }
+                        }
+                    }
+                    for r in 0..TILE {
+                        for l in 0..LANES {
+                            let row = at([t[r][0][l], t[r][1][l], t[r][2][l], t[r][3][l], t[r][4][l], t[r][5][l]]);
+                            for s in 0..TILE {
+                                out[l][r * TILE + s] = row[s] + b[l];
+                            }
+                        }
+                    }
+                    for (l, o) in out.iter().enumerate().take(n) {
+                        let plane = &mut y[(i * co + c0 + l) * oh * ow..][..oh * ow];
+                        for r in 0..rows {
+                            let dst = &mut plane[(TILE * ty + r) * ow + TILE * tx..][..cols];
+                            dst.copy_from_slice(&o[r * TILE..][..cols]);
+                        }
+                    }
+                }
+                tile += 1;
+            }
+        }
+    }
+}
+}
+
+/// Scratch of one task, reused across its images.
+#[derive(Default)]
+struct Work {
+    xp: Vec<f32>,
+    v: Vec<f32>,
+    m: Vec<f32>,
+}
+
+/// `y = conv(x, w) + bias` for a stride-1 3×3 convolution ([`applies`]), NCHW, with the
+/// transformed weights `u` of [`transform_weights`]; returns `[B, C_out, out_h, out_w]`.
+pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(
+        applies(g),
+        "winograd: not a stride-1 3×3 convolution: {g:?}"
+    );
+    assert_eq!(x.len(), g.batch * g.in_len(), "winograd: input size");
+    assert_eq!(u.len(), XI * g.c_out * g.c_in, "winograd: weight size");
+    let grid = Grid::of(g);
+    let out_len = g.c_out * g.out_h() * g.out_w();
+    let mut y = vec![0f32; g.batch * out_len];
+    if y.is_empty() {
+        return y;
+    }
+    let per_task = target_tiles(g).div_ceil(grid.tiles()).max(1);
+    // Too few tasks to keep the threads busy: each task's products then spread over them.
+    // (The GEMM splits its columns and rows, never a sum, so the bits stay the same.)
+    let par = g.batch.div_ceil(per_task) < 2 * rayon::current_num_threads();
+    let (ci, co) = (g.c_in, g.c_out);
+    y.par_chunks_mut(per_task * out_len)
+        .enumerate()
+        .for_each_init(Work::default, |work, (task, y_chunk)| {
+            let imgs = y_chunk.len() / out_len;
+            let x_chunk = &x[task * per_task * g.in_len()..][..imgs * g.in_len()];
+            let tiles = imgs * grid.tiles();
+            work.xp.resize(imgs * grid.hp * grid.wp * ci, 0.0);
+            pad_nhwc(g, grid, x_chunk, &mut work.xp);
+            work.v.resize(tiles * XI * ci, 0.0);
+            input_transform(g, grid, imgs, &work.xp, &mut work.v);
+            work.m.resize(tiles * XI * co, 0.0);
+            for xi in 0..XI {
+                // M_ξ [C_out × tiles] = U_ξ [C_out × C_in] · V_ξ [C_in × tiles]
+                matmul(
+                    co,
+                    tiles,
+                    ci,
+                    &mut work.m[xi * co..],
+                    (1, XI * co),
+                    false,
+                    &u[xi * ci..],
+                    (XI * ci, 1),
+                    &work.v[xi * ci..],
+                    (1, XI * ci),
+                    par,
+                );
+            }
+            output_transform(g, grid, imgs, &work.m, bias, y_chunk);
+        });
+    y
+}
+
+/// `A dy` for one column of a 4×4 output-gradient tile: the adjoint of [`at`].
+#[inline(always)]
+fn a_col(d: [f32; TILE]) -> [f32; ALPHA] {
+    [
+        d[0],
+        d[0] + d[1] + d[2] + d[3],
+        d[0] - d[1] + d[2] - d[3],
+        d[0] + 2.0 * d[1] + 4.0 * d[2] + 8.0 * d[3],
+        d[0] - 2.0 * d[1] + 4.0 * d[2] - 8.0 * d[3],
+        d[3],
+    ]
+}
+
+multiversion! {
+/// `dM = A dY Aᵀ` (the adjoint of the output transform) for every tile of `imgs` images of the
+/// NCHW output gradient `dy`, into `dm[tile][ξ][C_out]`; outputs cut off at the edges have a
+/// zero gradient.
+fn grad_output_transform(g: &ConvGeom, grid: Grid, imgs: usize, dy: &[f32], dm: &mut [f32]) {
+    let (co, oh, ow) = (g.c_out, g.out_h(), g.out_w());
+    let mut tile = 0;
+    for i in 0..imgs {
+        for ty in 0..grid.th {
+            for tx in 0..grid.tw {
+                let out = &mut dm[tile * XI * co..][..XI * co];
+                let rows = TILE.min(oh - TILE * ty);
+                let cols = TILE.min(ow - TILE * tx);
+                for c0 in (0..co).step_by(LANES) {
+                    let n = LANES.min(co - c0);
+                    let mut d = [[[0f32; LANES]; TILE]; TILE];
+                    for l in 0..n {
+                        let plane = &dy[(i * co + c0 + l) * oh * ow..][..oh * ow];
+                        for r in 0..rows {
+                            let src = &plane[(TILE * ty + r) * ow + TILE * tx..][..cols];
+                            for (s, v) in src.iter().enumerate() {
+                                d[r][s][l] = *v;
+                            }
+                        }
+                    }
+                    // A dY column by column, then (A dY) Aᵀ row by row.
+                    let mut t = [[[0f32; LANES]; TILE]; ALPHA];
+                    for s in 0..TILE {
+                        for l in 0..LANES {
+                            let col = a_col([d[0][s][l], d[1][s][l], d[2][s][l], d[3][s][l]]);
+                            for r in 0..ALPHA {
+                                t[r][s][l] = col[r];
+                            }
+                        }
+                    }
+                    for r in 0..ALPHA {
+                        let mut o = [[0f32; LANES]; ALPHA];
+                        for l in 0..LANES {
+                            let row = a_col([t[r][0][l], t[r][1][l], t[r][2][l], t[r][3][l]]);
+                            for s in 0..ALPHA {
+                                o[s][l] = row[s];
+                            }
+                        }
+                        for (s, os) in o.iter().enumerate() {
+                            store(out, (r * ALPHA + s) * co + c0, n, os);
+                        }
+                    }
+                }
+                tile += 1;
+            }
+        }
+    }
+}
+}
+
+/// `Gᵀ u` for one column of a 6×6 filter-gradient tile: the adjoint of [`g3`], in f64.
+fn gt_col(u: [f64; ALPHA]) -> [f64; 3] {
+    [
+        u[0] / 4.0 - u[1] / 6.0 - u[2] / 6.0 + u[3] / 24.0 + u[4] / 24.0,
+        -u[1] / 6.0 + u[2] / 6.0 + u[3] / 12.0 - u[4] / 12.0,
+        -u[1] / 6.0 - u[2] / 6.0 + u[3] / 6.0 + u[4] / 6.0 + u[5],
+    ]
+}
+
+/// `∂L/∂w` of a stride-1 3×3 convolution ([`applies`]) through the Winograd domain, the
+/// adjoint of [`forward`]: with `V_ξ` the transformed input tiles and `dM_ξ = (A dY Aᵀ)_ξ` the
+/// transformed output-gradient tiles, `dU_ξ [C_out × C_in] = Σ_tiles dM_ξ · V_ξᵀ` (36 GEMMs
+/// whose depth is the number of tiles in the batch) and `dw = Gᵀ dU G` for each kernel.
+/// Each of the 36 sums runs on one thread over the tiles in a fixed order, so the bits do not
+/// depend on the thread count. Returns `[C_out, C_in, 3, 3]`.
+pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(
+        applies(g),
+        "winograd: not a stride-1 3×3 convolution: {g:?}"
+    );
+    assert_eq!(x.len(), g.batch * g.in_len(), "winograd: input size");
+    let out_len = g.c_out * g.out_h() * g.out_w();
+    assert_eq!(dy.len(), g.batch * out_len, "winograd: gradient size");
+    let (ci, co) = (g.c_in, g.c_out);
+    let mut dw = vec![0f32; co * ci * 9];
+    if g.batch == 0 || dw.is_empty() {
+        return dw;
+    }
+    let grid = Grid::of(g);
+    let per_task = target_tiles(g).div_ceil(grid.tiles()).max(1);
+    let tiles = g.batch * grid.tiles();
+    let mut v = vec![0f32; tiles * XI * ci];
+    v.par_chunks_mut(per_task * grid.tiles() * XI * ci)
+        .zip(x.par_chunks(per_task * g.in_len()))
+        .for_each_init(Vec::new, |xp, (v_chunk, x_chunk)| {
+            let imgs = x_chunk.len() / g.in_len();
+            xp.resize(imgs * grid.hp * grid.wp * ci, 0.0);
+            pad_nhwc(g, grid, x_chunk, xp);
+            input_transform(g, grid, imgs, xp, v_chunk);
+        });
+    let mut dm = vec![0f32; tiles * XI * co];
+    dm.par_chunks_mut(per_task * grid.tiles() * XI * co)
+        .zip(dy.par_chunks(per_task * out_len))
+        .for_each(|(dm_chunk, dy_chunk)| {
+            grad_output_transform(g, grid, dy_chunk.len() / out_len, dy_chunk, dm_chunk);
+        });
+    // dU_ξ = dM_ξ [C_out × tiles] · V_ξᵀ [tiles × C_in], as [ξ][C_out][C_in].
+    let mut du = vec![0f32; XI * co * ci];
+    du.par_chunks_mut(co * ci)
+        .enumerate()
+        .for_each(|(xi, du_xi)| {
+            matmul(
+                co,
+                ci,
+                tiles,
+                du_xi,
+                (ci, 1),
+                false,
+                &dm[xi * co..],
+                (1, XI * co),
+                &v[xi * ci..],
+                (XI * ci, 1),
+                false,
+            );
+        });
+    dw.par_chunks_mut(ci * 9)
+        .enumerate()
+        .for_each(|(o, dw_co)| {
+            for (i, k) in dw_co.chunks_exact_mut(9).enumerate() {
+                let at_xi = |xi: usize| du[(xi * co + o) * ci + i] as f64;
+                // Gᵀ dU column by column (3×6), then (Gᵀ dU) G row by row (3×3).
+                let mut t = [[0f64; ALPHA]; 3];
+                for s in 0..ALPHA {
+                    let col = gt_col(std::array::from_fn(|r| at_xi(r * ALPHA + s)));
+                    for a in 0..3 {
+                        t[a][s] = col[a];
+                    }
+                }
+                for a in 0..3 {
+                    let row = gt_col(t[a]);
+                    for b in 0..3 {
+                        k[a * 3 + b] = row[b] as f32;
+                    }
+                }
+            }
+        });
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 1-D transforms compose to correlation: Aᵀ[(G k) ⊙ (Bᵀ d)] = (Σ_j d[i+j] k[j])_i
+    /// (Lavin & Gray 2016, §4). With the kernel in the last row of the 3×3, the filter
+    /// transform's row ξ = (5, ·) is G k, because G's last row is (0, 0, 1).
+    #[test]
+    fn one_dimensional_transforms_compute_correlation() {
+        let d = [0.3f32, -1.25, 2.0, 0.5, -0.75, 1.5];
+        let k = [0.25f32, -0.5, 1.0];
+        let u = transform_weights(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, k[0], k[1], k[2]], 1, 1);
+        let bd = bt(d);
+        let prod: [f32; ALPHA] = std::array::from_fn(|j| u[ALPHA * 5 + j] * bd[j]);
+        let y = at(prod);
+        for (i, yi) in y.iter().enumerate() {
+            let want: f32 = (0..3).map(|j| d[i + j] * k[j]).sum();
+            assert!((yi - want).abs() < 1e-5, "y[{i}] = {yi}, want {want}");
+        }
+    }
+
+    /// The same bits on one and two threads, with several tasks per thread (28×28: 49 tiles
+    /// per image) and with one task whose products spread over the threads (8×8: 4 tiles).
+    #[test]
+    fn bits_do_not_depend_on_the_thread_count() {
+        for (batch, h, c) in [(6, 28, 8), (3, 8, 20)] {
+            let g = ConvGeom {
+                batch,
+                c_in: c,
+                h,
+                w: h,
+                c_out: c + 3,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: [1, 1, 1, 1],
+            };
+            let x = crate::testing::lcg_values(g.batch * g.in_len(), 5, 11, 1.0);
+            let w = crate::testing::lcg_values(g.c_out * g.col_rows(), 6, 11, 1.0);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| forward(&g, &x, &transform_weights(&w, g.c_out, g.c_in), None))
+            };
+            let (one, two) = (run(1), run(2));
+            assert!(
+                one.iter()
+                    .zip(&two)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{g:?}"
+            );
+        }
+    }
+}
