@@ -188,10 +188,10 @@ impl Grid {
 }
 
 multiversion! {
-/// Copies `imgs` NCHW images into zero-padded NHWC planes `[img][hp][wp][C]`.
+/// Copies `imgs` NCHW images into the interior of NHWC planes `[img][hp][wp][C]`. The border
+/// is never written: `xp` comes zeroed and keeps one layout per convolution, so it stays zero.
 fn pad_nhwc(g: &ConvGeom, grid: Grid, x: &[f32], xp: &mut [f32]) {
     let c = g.c_in;
-    xp.fill(0.0);
     let imgs = x.len() / g.in_len();
     for i in 0..imgs {
         for ci in 0..c {
@@ -300,8 +300,13 @@ fn output_transform(g: &ConvGeom, grid: Grid, imgs: usize, m: &[f32], bias: Opti
                     for (l, o) in out.iter().enumerate().take(n) {
                         let plane = &mut y[(i * co + c0 + l) * oh * ow..][..oh * ow];
                         for r in 0..rows {
-                            let dst = &mut plane[(TILE * ty + r) * ow + TILE * tx..][..cols];
-                            dst.copy_from_slice(&o[r * TILE..][..cols]);
+                            let at = (TILE * ty + r) * ow + TILE * tx;
+                            if cols == TILE {
+                                // A fixed-size copy: four stores, not a call to memmove.
+                                plane[at..at + TILE].copy_from_slice(&o[r * TILE..][..TILE]);
+                            } else {
+                                plane[at..at + cols].copy_from_slice(&o[r * TILE..][..cols]);
+                            }
                         }
                     }
                 }
