@@ -16,6 +16,8 @@ for p in "${presets[@]}"; do
   ./target/release/ddpm --threads "$THREADS" --kernels rule bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
   echo "== $p: ddpm (burn-flex + src/kernels, algorithms tuned per shape on this machine: --kernels auto)"
   ./target/release/ddpm --threads "$THREADS" bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
+  echo "== $p: ddpm, Winograd F(4x4,3x3) on every 3x3 layer (--kernels winograd)"
+  ./target/release/ddpm --threads "$THREADS" --kernels winograd bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
   if grep -qw avx512_bf16 /proc/cpuinfo; then
     echo "== $p: ddpm --precision bf16 (mixed precision: bf16 convolutions, f32 sums and weights)"
     ./target/release/ddpm --threads "$THREADS" --precision bf16 bench --preset "$p" --batch-size "$BATCH" --iters "$ITERS"
