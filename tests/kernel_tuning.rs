@@ -4,6 +4,8 @@
 //! machine would pick now; with every convolution on Winograd, a resumed run equals an
 //! uninterrupted one bit for bit.
 
+mod common;
+use common::final_state;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -11,9 +13,8 @@ use burn::tensor::Device;
 use ddpm::diffusion::DiffusionConfig;
 use ddpm::kernels::tune;
 use ddpm::model::UNetConfig;
-use ddpm::params;
-use ddpm::train::checkpoint::{CheckpointMeta, latest_checkpoint, load_checkpoint};
-use ddpm::train::optim::{OptimConfig, TrainState};
+use ddpm::train::checkpoint::{CheckpointMeta, latest_checkpoint};
+use ddpm::train::optim::OptimConfig;
 use ddpm::train::{RunConfig, TrainConfig, Trainer};
 
 fn config(steps: u64) -> RunConfig {
@@ -42,14 +43,6 @@ fn meta_of(run: &Path) -> (std::path::PathBuf, CheckpointMeta) {
     let state = latest_checkpoint(run).unwrap().unwrap().join("state.json");
     let meta = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     (state, meta)
-}
-
-fn final_state(run: &Path) -> TrainState {
-    let cfg = RunConfig::load(run).unwrap();
-    let layout = params::layout(&cfg.model.init(&Device::flex()));
-    load_checkpoint(&latest_checkpoint(run).unwrap().unwrap(), &layout)
-        .unwrap()
-        .0
 }
 
 #[test]

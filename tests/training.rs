@@ -2,6 +2,8 @@
 //! run equals an uninterrupted one bit for bit; divergence stops the run and keeps the last good
 //! checkpoint; mismatched checkpoints are refused with a clear error.
 
+mod common;
+use common::final_state;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
@@ -137,14 +139,6 @@ fn checkpoint_round_trip() {
         err.contains("model.safetensors") && err.contains("a.weight") && err.contains("[2, 3]"),
         "{err}"
     );
-}
-
-fn final_state(run: &Path) -> TrainState {
-    let cfg = RunConfig::load(run).unwrap();
-    let layout = params::layout(&cfg.model.init(&Device::flex()));
-    load_checkpoint(&latest_checkpoint(run).unwrap().unwrap(), &layout)
-        .unwrap()
-        .0
 }
 
 #[test]

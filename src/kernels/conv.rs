@@ -808,7 +808,9 @@ pub fn conv2d_backward_with(
     });
     let runs = |a: Algo| dx_algo == a && full_grad_geom.is_some_and(|gt| a.runs(&gt));
     // The direct kernel runs image by image inside the chunks below, Winograd over the batch.
-    let grad_geom = input_grad_geom(g).filter(|_| runs(Algo::Direct));
+    let grad_geom = full_grad_geom
+        .filter(|_| runs(Algo::Direct))
+        .map(|gt| ConvGeom { batch: 1, ..gt });
     let winograd_dx = want[0] && runs(Algo::Winograd);
     let (wt_t, offs_t) = match &grad_geom {
         Some(gt) if want[0] => (

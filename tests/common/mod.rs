@@ -1,7 +1,7 @@
-//! Helpers shared by the integration tests: where the reference fixtures are, and the
-//! discretised Gaussian data of the likelihood tests.
+//! Helpers shared by the integration tests: where the reference fixtures are, the
+//! discretised Gaussian data of the likelihood tests, and a training run's final state.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ddpm::likelihood::standard_normal_cdf;
 
@@ -58,4 +58,15 @@ pub fn discretised_gaussian(m: f64, s: f64) -> Vec<f64> {
             hi - lo
         })
         .collect()
+}
+
+/// The state in a training run's newest checkpoint (weights, EMA, Adam moments, step).
+#[allow(dead_code)]
+pub fn final_state(run: &Path) -> ddpm::train::optim::TrainState {
+    use ddpm::train::checkpoint::{latest_checkpoint, load_checkpoint};
+    let cfg = ddpm::train::RunConfig::load(run).unwrap();
+    let layout = ddpm::params::layout(&cfg.model.init(&burn::tensor::Device::flex()));
+    load_checkpoint(&latest_checkpoint(run).unwrap().unwrap(), &layout)
+        .unwrap()
+        .0
 }
