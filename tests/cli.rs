@@ -130,6 +130,20 @@ fn bad_input_gives_clear_errors() {
         !ok && err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
         "{err}"
     );
+    // A learning-rate decay needs to know its last step.
+    let (ok, _, err) = ddpm(&[
+        "train",
+        "--run",
+        run.to_str().unwrap(),
+        "--minutes",
+        "1",
+        "--lr-schedule",
+        "cosine",
+    ]);
+    assert!(
+        !ok && err.contains("--steps") && err.contains("cosine"),
+        "{err}"
+    );
     // Sampling from a folder that is not a run.
     let (ok, _, err) = ddpm(&["sample", "--run", dir.path().to_str().unwrap()]);
     assert!(!ok && err.contains("config.json"), "{err}");

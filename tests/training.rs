@@ -206,6 +206,68 @@ fn resumed_equals_uninterrupted(precision: Precision) -> Vec<Vec<f32>> {
     sa.params
 }
 
+/// A linear decay over 4 steps after a 2-step warm-up: step 3 runs at half the peak and step 4
+/// at zero, so Adam leaves the weights of step 3 as they were (its moments and the EMA still
+/// move); a run stopped at step 2 and resumed keeps the recorded end and matches bit for bit.
+#[test]
+fn decaying_learning_rate_ends_at_zero_and_resumes_bit_for_bit() {
+    use ddpm::train::LrSchedule;
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let config = |steps| {
+        let mut c = tiny_run_config(steps);
+        c.train.optim.lr_schedule = LrSchedule::Linear;
+        c.train.optim.decay_steps = Some(4);
+        c.train.checkpoint_every = 1;
+        c
+    };
+    assert_eq!(config(4).train.optim.lr_at(3), 5e-4);
+    Trainer::create(&a, config(4), &device)
+        .unwrap()
+        .train()
+        .unwrap();
+    let cfg = RunConfig::load(&a).unwrap();
+    let layout = params::layout(&cfg.model.init(&device));
+    let at = |run: &Path, step: u64| {
+        load_checkpoint(
+            &run.join("checkpoints")
+                .join(ddpm::train::checkpoint::checkpoint_name(step)),
+            &layout,
+        )
+        .unwrap()
+        .0
+    };
+    let (s2, s3, s4) = (at(&a, 2), at(&a, 3), at(&a, 4));
+    assert!(s2.params != s3.params, "step 3 (lr 5e-4) moved nothing");
+    assert!(s3.params == s4.params, "step 4 (lr 0) moved the weights");
+    assert!(s3.m != s4.m && s3.ema != s4.ema);
+
+    Trainer::create(&b, config(2), &device)
+        .unwrap()
+        .train()
+        .unwrap();
+    let mut resumed = Trainer::resume(&b, &device, |tc| tc.max_steps = Some(4)).unwrap();
+    assert_eq!(resumed.config().train.optim.decay_steps, Some(4));
+    resumed.train().unwrap();
+    let bits = |v: &Vec<Vec<f32>>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let sb = final_state(&b);
+    assert_eq!(sb.step, 4);
+    assert!(bits(&s4.params) == bits(&sb.params) && bits(&s4.ema) == bits(&sb.ema));
+    assert!(bits(&s4.m) == bits(&sb.m) && bits(&s4.v) == bits(&sb.v));
+
+    // A decay without an end is refused before anything is written.
+    let mut open = config(4);
+    open.train.optim.decay_steps = None;
+    let c = dir.path().join("c");
+    let err = Trainer::create(&c, open, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--steps"), "{err}");
+    assert!(!c.join("config.json").exists());
+}
+
 #[test]
 fn divergence_stops_and_keeps_the_last_good_checkpoint() {
     let device = Device::flex();

@@ -19,7 +19,7 @@ pub use config::{
     ClassifierRunConfig, Recipe, RecipeDefaults, RunConfig, TaskConfig, TrainConfig,
     default_run_config,
 };
-pub use optim::OptimConfig;
+pub use optim::{LrSchedule, OptimConfig};
 pub use run::{Run, RunKind};
 pub use session::{Session, Task, TrainSummary};
 pub use trainer::Trainer;

@@ -28,6 +28,39 @@ pub struct OptimConfig {
     pub ema_decay: f64,
     /// Use `min(decay, (1+n)/(10+n))` so the EMA is usable early in short runs.
     pub ema_warmup: bool,
+    /// How the learning rate moves after the warm-up (absent in runs made before it existed:
+    /// constant).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// The step at which a decaying schedule reaches zero (the run's `--steps`); unused by
+    /// [`LrSchedule::Constant`].
+    #[serde(default)]
+    pub decay_steps: Option<u64>,
+}
+
+/// The learning rate after the warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The peak rate until the end (Ho et al. 2020).
+    #[default]
+    Constant,
+    /// Cosine annealing to zero at the last step (Loshchilov & Hutter 2017, SGDR, without
+    /// restarts): `lr·½(1 + cos(π·p))`, p the share of the post-warm-up steps done.
+    Cosine,
+    /// A straight line from the peak to zero at the last step: `lr·(1 − p)`.
+    Linear,
+}
+
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+            LrSchedule::Linear => "linear",
+        })
+    }
 }
 
 impl Default for OptimConfig {
@@ -41,17 +74,45 @@ impl Default for OptimConfig {
             grad_clip: 1.0,
             ema_decay: 0.9999,
             ema_warmup: true,
+            lr_schedule: LrSchedule::Constant,
+            decay_steps: None,
         }
     }
 }
 
 impl OptimConfig {
-    /// Learning rate at (1-based) step `step`: linear warm-up, then constant.
+    /// Learning rate at (1-based) step `step`: linear warm-up to the peak at `warmup_steps`,
+    /// then the [`LrSchedule`], which for a decay reaches zero at `decay_steps` and stays there.
     pub fn lr_at(&self, step: u64) -> f64 {
-        if self.warmup_steps == 0 {
-            self.lr
-        } else {
-            self.lr * (step as f64 / self.warmup_steps as f64).min(1.0)
+        let w = self.warmup_steps;
+        if step < w {
+            return self.lr * step as f64 / w as f64;
+        }
+        let p = match (self.lr_schedule, self.decay_steps) {
+            (LrSchedule::Constant, _) | (_, None) => return self.lr,
+            (_, Some(end)) if end <= w => 1.0,
+            (_, Some(end)) => ((step - w) as f64 / (end - w) as f64).min(1.0),
+        };
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            LrSchedule::Linear => self.lr * (1.0 - p),
+        }
+    }
+
+    /// Checks that a decaying schedule knows where it ends.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.lr_schedule, self.decay_steps) {
+            (LrSchedule::Constant, _) => Ok(()),
+            (s, None) => Err(format!(
+                "the {s} learning-rate schedule decays to zero at the last step: give --steps \
+                 (a --minutes budget alone does not say which step is the last)"
+            )),
+            (s, Some(end)) if end <= self.warmup_steps => Err(format!(
+                "the {s} learning-rate schedule needs more steps ({end}) than the warm-up ({})",
+                self.warmup_steps
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -193,5 +254,63 @@ mod tests {
         assert_eq!(d.lr_at(w), d.lr);
         assert!((cfg.ema_decay_at(1) - 2.0 / 11.0).abs() < 1e-12);
         assert_eq!(cfg.ema_decay_at(10_000_000), 0.9999);
+    }
+
+    #[test]
+    fn decaying_schedules_follow_their_formulas_after_the_warm_up() {
+        let base = OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 100,
+            decay_steps: Some(1100),
+            ..Default::default()
+        };
+        let cos = OptimConfig {
+            lr_schedule: LrSchedule::Cosine,
+            ..base.clone()
+        };
+        let lin = OptimConfig {
+            lr_schedule: LrSchedule::Linear,
+            ..base.clone()
+        };
+        for c in [&base, &cos, &lin] {
+            // The warm-up is the same ramp, and the peak is reached at its last step.
+            assert!((c.lr_at(50) - 5e-4).abs() < 1e-18);
+            assert_eq!(c.lr_at(100), 1e-3);
+            c.validate().unwrap();
+        }
+        // p = (step − 100)/1000: a quarter, half and all the way.
+        let quarter = 1e-3 * 0.5 * (1.0 + std::f64::consts::FRAC_PI_4.cos());
+        assert!((cos.lr_at(350) - quarter).abs() < 1e-15);
+        assert!((cos.lr_at(600) - 5e-4).abs() < 1e-15);
+        assert!((lin.lr_at(350) - 7.5e-4).abs() < 1e-15);
+        assert!((lin.lr_at(600) - 5e-4).abs() < 1e-15);
+        for c in [&cos, &lin] {
+            assert!(c.lr_at(1100).abs() < 1e-18);
+            assert!(c.lr_at(5000).abs() < 1e-18, "stays at zero after the end");
+            // Monotone after the peak.
+            assert!((101..1100).all(|s| c.lr_at(s + 1) <= c.lr_at(s)));
+        }
+        assert_eq!(base.lr_at(1100), 1e-3);
+        // Without an end, a decay is refused rather than silently constant.
+        let open = OptimConfig {
+            decay_steps: None,
+            ..cos.clone()
+        };
+        assert!(open.validate().unwrap_err().contains("--steps"));
+        let short = OptimConfig {
+            decay_steps: Some(100),
+            ..cos
+        };
+        assert!(short.validate().unwrap_err().contains("warm-up"));
+    }
+
+    #[test]
+    fn configs_written_before_the_schedule_existed_read_as_constant() {
+        let mut v = serde_json::to_value(OptimConfig::default()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("lr_schedule");
+        o.remove("decay_steps");
+        let c: OptimConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c, OptimConfig::default());
     }
 }
