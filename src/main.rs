@@ -17,7 +17,7 @@ use cli::{bench::*, demo::*, fid::*, inspect::*, sample::*, selftest::*, train::
     name = "ddpm",
     version,
     about = "Denoising diffusion probabilistic models (Ho et al. 2020) in pure Rust",
-    long_about = "Train DDPMs on your own images, sample from them (ancestral DDPM or DDIM), and \
+    long_about = "Train DDPMs on your own images, sample from them (ancestral DDPM, DDIM, DPM-Solver++ or Heun), and \
 inspect the forward process.\n\nStart with `ddpm demo`: it trains a small model on the built-in \
 MNIST-5k digits for a few minutes and writes a sample grid and a denoising GIF."
 )]
@@ -59,7 +59,7 @@ struct Cli {
 enum Command {
     /// Train a model (Algorithm 1) into a run folder, or continue one with --resume.
     Train(TrainArgs),
-    /// Sample images from a trained run (Algorithm 2 or DDIM).
+    /// Sample images from a trained run (Algorithm 2, DDIM, DPM-Solver++ or Heun; guidance, editing).
     Sample(SampleArgs),
     /// Show the forward process on real images and the schedule's key numbers.
     Inspect(InspectArgs),
