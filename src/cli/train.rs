@@ -68,9 +68,10 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) warmup: Option<u64>,
     /// Learning rate after the warm-up: `constant` (Ho et al. 2020), or `cosine` / `linear`
-    /// decay to zero at the last of `--steps` (Loshchilov & Hutter 2017). A decay makes the
-    /// final weights settle instead of jittering at the peak rate; the README's Fashion-MNIST
-    /// hour compares them. A resumed run keeps the end it was started with.
+    /// decay to zero at the last of `--steps` (Loshchilov & Hutter 2017). A decay lets the
+    /// final weights settle instead of jittering at the peak rate; on the README's Fashion-MNIST
+    /// hour cosine lowered the training loss 4% but not FID ("Recipes for short runs"). A
+    /// resumed run keeps the end it was started with.
     #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
     pub(crate) lr_schedule: LrSchedule,
     /// Global gradient-norm clip, 0 disables (Ho et al. 2020: 1).
