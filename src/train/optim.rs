@@ -53,6 +53,17 @@ pub enum LrSchedule {
     Linear,
 }
 
+impl LrSchedule {
+    /// The share of the peak rate once a share `p` ∈ [0, 1] of the post-warm-up steps is done.
+    fn factor(self, p: f64) -> f64 {
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            LrSchedule::Linear => 1.0 - p,
+        }
+    }
+}
+
 impl std::fmt::Display for LrSchedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -88,16 +99,18 @@ impl OptimConfig {
         if step < w {
             return self.lr * step as f64 / w as f64;
         }
-        let p = match (self.lr_schedule, self.decay_steps) {
-            (LrSchedule::Constant, _) | (_, None) => return self.lr,
-            (_, Some(end)) if end <= w => 1.0,
-            (_, Some(end)) => ((step - w) as f64 / (end - w) as f64).min(1.0),
+        let Some(end) = self
+            .decay_steps
+            .filter(|_| self.lr_schedule != LrSchedule::Constant)
+        else {
+            return self.lr;
         };
-        match self.lr_schedule {
-            LrSchedule::Constant => self.lr,
-            LrSchedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
-            LrSchedule::Linear => self.lr * (1.0 - p),
-        }
+        let p = if end <= w {
+            1.0
+        } else {
+            ((step - w) as f64 / (end - w) as f64).min(1.0)
+        };
+        self.lr * self.lr_schedule.factor(p)
     }
 
     /// Checks that a decaying schedule knows where it ends.

@@ -252,6 +252,17 @@ pub fn plot_loss(run: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The task of `config`, with the checks every task shares (the optimiser's) after its own.
+fn checked_task<T: Task>(config: T::Config) -> Result<T> {
+    let task = T::new(config)?;
+    task.config()
+        .train()
+        .optim
+        .validate()
+        .map_err(|e| anyhow::anyhow!("training config: {e}"))?;
+    Ok(task)
+}
+
 impl<T: Task> Session<T> {
     /// Starts a new run in `run` (refuses a folder that already holds checkpoints).
     pub fn create(run: &Path, config: T::Config, device: &Device) -> Result<Self> {
@@ -263,7 +274,7 @@ impl<T: Task> Session<T> {
                 run.display()
             );
         }
-        let task = T::new(config)?;
+        let task = checked_task::<T>(config)?;
         let data = task.load_data()?;
         task.config().save(run)?;
         device.seed(task.config().train().seed);
@@ -301,7 +312,7 @@ impl<T: Task> Session<T> {
     ) -> Result<Self> {
         let mut config = T::Config::load(run)?;
         update(config.train_mut());
-        let mut task = T::new(config)?;
+        let mut task = checked_task::<T>(config)?;
         let layout = params::layout(&task.init(device));
         let found = load_newest_intact(run, &layout)
             .with_context(|| format!("resuming {}", run.display()))?;

@@ -133,11 +133,6 @@ impl Task for DiffusionTask {
                 }
             );
         }
-        config
-            .train
-            .optim
-            .validate()
-            .map_err(|e| anyhow::anyhow!("training config: {e}"))?;
         if !(0.0..1.0).contains(&config.train.label_dropout) {
             bail!(
                 "label dropout {} must be in [0, 1)",
