@@ -511,3 +511,101 @@ fn importance_sampled_t_resumes_bit_for_bit_and_leaves_uniform_after_warm_up() {
     );
     assert!(err.contains("--loss vlb"), "{err}");
 }
+
+/// Relative difference ‖a − b‖ / ‖b‖ over all arrays.
+fn rel(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut d, mut n) = (0f64, 0f64);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        d += (*x as f64 - *y as f64).powi(2);
+        n += (*y as f64).powi(2);
+    }
+    (d / n.max(1e-300)).sqrt()
+}
+
+#[test]
+fn optimiser_on_the_device_follows_the_host_update_and_resumes() {
+    // What `ddpm train` runs on a GPU, run here on the CPU device against the host update.
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let (host, dev, part) = (
+        dir.path().join("host"),
+        dir.path().join("dev"),
+        dir.path().join("part"),
+    );
+    let mut config = tiny_run_config(6);
+    // The tiny net's gradient norm is above 1 at first, so clipping is exercised too.
+    config.train.optim.grad_clip = 1.0;
+    config.train.log_every = 1;
+    let mut h = Trainer::create(&host, config.clone(), &device).unwrap();
+    assert!(
+        !h.optim_on_device,
+        "the CPU keeps the host update by default"
+    );
+    h.train().unwrap();
+    let mut d = Trainer::create(&dev, config.clone(), &device).unwrap();
+    d.optim_on_device = true;
+    d.train().unwrap();
+    let (sh, sd) = (final_state(&host), final_state(&dev));
+    assert_eq!(sd.step, 6);
+    // Same formulas; only the f32 summation of the squared gradient norms differs.
+    for (what, a, b) in [
+        ("weights", &sd.params, &sh.params),
+        ("EMA", &sd.ema, &sh.ema),
+        ("m", &sd.m, &sh.m),
+        ("v", &sd.v, &sh.v),
+    ] {
+        let r = rel(a, b);
+        assert!(r < 1e-4, "{what}: relative difference {r:e}");
+    }
+    // And the state really moved: six steps change the weights and fill both moments.
+    assert!(rel(&sd.params, &final_state(&part_init(&part, &config)).params) > 1e-3);
+    assert!(sd.v.iter().flatten().any(|&x| x > 0.0));
+    // The log's grad_norm column (the clipping input) agrees too.
+    let norms = |run: &Path| -> Vec<f64> {
+        let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+        let header: Vec<&str> = log.lines().next().unwrap().split(',').collect();
+        let k = header.iter().position(|c| *c == "grad_norm").unwrap();
+        log.lines()
+            .skip(1)
+            .map(|r| r.split(',').nth(k).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (nd, nh) = (norms(&dev), norms(&host));
+    assert_eq!(nd.len(), 6);
+    assert!(nh.iter().any(|&n| n > 1.0), "no step was clipped: {nh:?}");
+    for (a, b) in nd.iter().zip(nh) {
+        assert!((a - b).abs() <= 1e-4 * b + 1e-4, "grad norm {a} vs {b}");
+    }
+    // Stopped at 3 and resumed to 6 (state downloaded to the checkpoint, uploaded again):
+    // the same ops in the same order on the CPU device, so the same bits.
+    let part2 = dir.path().join("part2");
+    let mut p = Trainer::create(&part2, tiny_run_config(3), &device).unwrap();
+    p.optim_on_device = true;
+    p.train().unwrap();
+    let mut p = Trainer::resume(&part2, &device, |tc| tc.max_steps = Some(6)).unwrap();
+    p.optim_on_device = true;
+    p.train().unwrap();
+    let sp = final_state(&part2);
+    let bits = |v: &Vec<Vec<f32>>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(sp.step, 6);
+    assert!(
+        bits(&sp.params) == bits(&sd.params),
+        "weights differ after resume"
+    );
+    assert!(bits(&sp.ema) == bits(&sd.ema), "EMA differs after resume");
+    assert!(
+        bits(&sp.m) == bits(&sd.m) && bits(&sp.v) == bits(&sd.v),
+        "moments differ after resume"
+    );
+}
+
+/// A run of zero steps in `run`: the initial weights of `config`'s seed.
+fn part_init(run: &Path, config: &RunConfig) -> std::path::PathBuf {
+    let mut c = config.clone();
+    c.train.max_steps = Some(0);
+    Trainer::create(run, c, &Device::flex())
+        .unwrap()
+        .train()
+        .unwrap();
+    run.to_path_buf()
+}

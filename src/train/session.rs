@@ -22,6 +22,7 @@ use super::checkpoint::{
     save_checkpoint, set_aside,
 };
 use super::config::{TaskConfig, TrainConfig};
+use super::device_optim::DeviceOptim;
 use super::optim::{TrainState, UpdateStats};
 use crate::data::ImageSet;
 use crate::params;
@@ -135,6 +136,11 @@ pub struct Session<T: Task> {
     pub skipped: Vec<SkippedCheckpoint>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Run clipping, Adam and the EMA as tensor operations on the device ([`DeviceOptim`])
+    /// instead of on the host state. Default: on GPUs, where the host update would move every
+    /// gradient and weight across the bus each step; off on the CPU, whose host update resumes
+    /// bit for bit.
+    pub optim_on_device: bool,
     device: Device,
     layout: Vec<(String, Vec<usize>)>,
     meta: CheckpointMeta,
@@ -294,6 +300,7 @@ impl<T: Task> Session<T> {
             state: TrainState::new(values),
             skipped: Vec::new(),
             progress: false,
+            optim_on_device: !crate::kernels::is_cpu(device),
             device: device.clone(),
             layout,
             meta: CheckpointMeta::fresh(),
@@ -343,6 +350,7 @@ impl<T: Task> Session<T> {
             state: found.state,
             skipped,
             progress: false,
+            optim_on_device: !crate::kernels::is_cpu(device),
             device: device.clone(),
             layout,
             meta: found.meta,
@@ -465,6 +473,9 @@ impl<T: Task> Session<T> {
         let mut last_save = Instant::now();
         let mut preview = None;
         let mut checkpoint = None;
+        let mut on_device = self
+            .optim_on_device
+            .then(|| DeviceOptim::new(&self.state, &ad));
         loop {
             let elapsed = wall0 + start.elapsed().as_secs_f64();
             if self.state.step >= target || time_budget.is_some_and(|b| elapsed >= b) {
@@ -472,8 +483,17 @@ impl<T: Task> Session<T> {
             }
             let step = self.state.step;
             let (loss, value) = self.forward(&model, step)?;
-            let grads = Self::backward(&model, loss);
-            let (updated, stats) = self.update(model, &grads);
+            let (updated, stats) = match &mut on_device {
+                Some(opt) => {
+                    let out = opt.update(model, &loss.backward(), &tc.optim);
+                    self.state.step = opt.step();
+                    out
+                }
+                None => {
+                    let grads = Self::backward(&model, loss);
+                    self.update(model, &grads)
+                }
+            };
             model = updated;
             smoothed = if smoothed.is_finite() {
                 0.98 * smoothed + 0.02 * value
@@ -510,15 +530,22 @@ impl<T: Task> Session<T> {
             if let Some(pb) = &bar {
                 pb.set_position(n);
             }
-            if tc.checkpoint_every > 0 && n.is_multiple_of(tc.checkpoint_every)
-                || last_save.elapsed().as_secs_f64() > tc.checkpoint_minutes * 60.0
-            {
+            let save_now = tc.checkpoint_every > 0 && n.is_multiple_of(tc.checkpoint_every)
+                || last_save.elapsed().as_secs_f64() > tc.checkpoint_minutes * 60.0;
+            let preview_now = tc.sample_every > 0 && n.is_multiple_of(tc.sample_every);
+            if let Some(opt) = on_device.as_ref().filter(|_| save_now || preview_now) {
+                opt.download_into(&model, &mut self.state);
+            }
+            if save_now {
                 checkpoint = Some(self.save()?);
                 last_save = Instant::now();
             }
-            if tc.sample_every > 0 && n.is_multiple_of(tc.sample_every) {
+            if preview_now {
                 preview = self.preview()?.or(preview);
             }
+        }
+        if let Some(opt) = &on_device {
+            opt.download_into(&model, &mut self.state);
         }
         if let Some(pb) = bar {
             pb.finish_and_clear();
