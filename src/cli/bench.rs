@@ -21,7 +21,9 @@ pub(crate) struct BenchArgs {
     pub(crate) inception_weights: Option<PathBuf>,
     /// Also time each phase of a training step (forward + loss, backward, gradients to the
     /// host, clip + Adam + EMA, weights back into the model) over --iters further steps, waiting
-    /// for the device after each phase so that GPU work is charged to the phase that queued it.
+    /// for the device after each phase so that GPU work is charged to the phase that queued it;
+    /// then --iters steps with clip + Adam + EMA as tensor operations on the device instead
+    /// (what `ddpm train` does on a GPU).
     #[arg(long)]
     pub(crate) phases: bool,
 }
@@ -33,7 +35,10 @@ fn bench_inception(a: &BenchArgs, device: &Device) -> Result<()> {
     let x = noise
         .normal([a.batch_size, 3, 299, 299], device)
         .clamp(-1.0, 1.0);
-    let _ = net.forward(x.clone()).into_data();
+    let warmup = if ddpm::kernels::is_cpu(device) { 1 } else { 3 };
+    for _ in 0..warmup {
+        let _ = net.forward(x.clone()).into_data();
+    }
     device.sync()?;
     let t0 = Instant::now();
     for _ in 0..a.iters {
@@ -122,7 +127,20 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
         lap(4, phases)?;
         Ok(m)
     };
-    model = train_step(model, &mut [0f64; 5], false)?;
+    // Warm-up: one step on the CPU; three on a GPU, where the first steps autotune and compile
+    // kernels (as bench/pytorch_unet.py gives cuDNN three).
+    let warmup = if ddpm::kernels::is_cpu(device) { 1 } else { 3 };
+    for k in 1..=warmup {
+        let t0 = Instant::now();
+        model = train_step(model, &mut [0f64; 5], false)?;
+        ad.sync()?;
+        // On a GPU the first steps autotune and compile kernels: say how long each took, so
+        // that a run stopped by a time limit still shows where it was.
+        eprintln!(
+            "warm-up training step {k}/{warmup}: {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
     ad.sync()?;
     let t0 = Instant::now();
     for _ in 0..a.iters {
@@ -140,12 +158,54 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
     } else {
         None
     };
+    // The same step with clipping, Adam and the EMA as tensor operations on the device
+    // (what `ddpm train` does on a GPU): no gradients or weights cross to the host.
+    let device_optim_ips = if a.phases {
+        let mut opt = ddpm::train::device_optim::DeviceOptim::new(&state, &ad);
+        let mut step = |model: ddpm::model::UNet| -> ddpm::model::UNet {
+            let x0 = noise.normal(shape, &ad).clamp(-1.0, 1.0);
+            let eps = noise.normal(shape, &ad);
+            let t: Vec<usize> = (0..a.batch_size).map(|i| (i * 997) % 1000).collect();
+            let xt = diffusion.q_sample(x0.clone(), &t, eps.clone());
+            let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
+            let raw = model.forward(xt.clone(), &tf, true);
+            let loss = diffusion.training_loss(raw, x0, eps, xt, &t);
+            // The trainer reads every step's loss (to stop on NaN), so this does too.
+            let _ = loss.clone().into_data();
+            opt.update(model, &loss.backward(), &ocfg).0
+        };
+        for k in 1..=warmup {
+            let t0 = Instant::now();
+            model = step(model);
+            ad.sync()?;
+            eprintln!(
+                "warm-up step, optimiser on the device {k}/{warmup}: {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        ad.sync()?;
+        let t0 = Instant::now();
+        for _ in 0..a.iters {
+            model = step(model);
+        }
+        ad.sync()?;
+        Some((a.iters * a.batch_size) as f64 / t0.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     drop(model);
     // Sampling: one network call per image per step, no autodiff.
     let inf = m.init(device);
     let x = noise.normal(shape, device);
     let t: Vec<usize> = vec![500; a.batch_size];
-    let _ = ddpm::diffusion::Denoiser::forward(&inf, x.clone(), &t, None).into_data();
+    for k in 1..=warmup {
+        let t0 = Instant::now();
+        let _ = ddpm::diffusion::Denoiser::forward(&inf, x.clone(), &t, None).into_data();
+        eprintln!(
+            "warm-up forward pass {k}/{warmup}: {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
     device.sync()?;
     let t0 = Instant::now();
     for _ in 0..a.iters {
@@ -173,6 +233,12 @@ pub(crate) fn cmd_bench(a: BenchArgs, device: &Device) -> Result<()> {
                 1000.0 * p / a.iters as f64
             );
         }
+    }
+    if let Some(ips) = device_optim_ips {
+        println!(
+            "training:  {ips:8.1} images/s with clip + Adam + EMA on the device (ddpm train's \
+             default on GPUs)"
+        );
     }
     println!(
         "sampling:  {fwd_ips:8.1} images/s per denoising step (one forward pass, {} convolutions)",
