@@ -18,9 +18,16 @@ pub(crate) fn cmd_selftest(a: SelftestArgs, device: &Device, name: &str) -> Resu
         bail!("--samples and --guided-samples must be at least 100 (the tolerances assume many)");
     }
     println!("selftest: device `{name}` ({device:?}) against the CPU");
+    if uses_tf32(name) {
+        println!(
+            "(f32 products on this device run on TF32 tensor cores: the network rows use the \
+             TF32 tolerances, docs in ddpm::selftest::Tolerances)"
+        );
+    }
     let config = ddpm::selftest::SelftestConfig {
         gaussian_samples: a.samples,
         guided_samples: a.guided_samples,
+        tf32: uses_tf32(name),
         ..Default::default()
     };
     let (rows, secs) = ddpm::selftest::run_and_print(device, &config)?;
@@ -35,4 +42,12 @@ pub(crate) fn cmd_selftest(a: SelftestArgs, device: &Device, name: &str) -> Resu
         bail!("selftest: {failed} check(s) failed on device `{name}`");
     }
     Ok(())
+}
+
+/// Whether `name` is a CUDA device, whose f32 matrix products burn runs on TF32 tensor cores.
+fn uses_tf32(name: &str) -> bool {
+    matches!(
+        name.parse::<ddpm::device::DeviceSpec>(),
+        Ok(ddpm::device::DeviceSpec::Cuda(_))
+    )
 }
