@@ -10,7 +10,10 @@
 # Usage (README.md, "GPUs"): scripts/build-gpu-pack.sh here; then there, from the repo root,
 #   bash scripts/gpu-check.sh
 # DEVICE (default cuda), SMALL_BATCH (256), CIFAR_BATCH (128) and ITERS (10) can be changed for
-# a dry run elsewhere, e.g. `DEVICE=cpu SMALL_BATCH=4 CIFAR_BATCH=2 ITERS=1` on a CPU.
+# a dry run elsewhere, e.g. `DEVICE=cpu SMALL_BATCH=4 CIFAR_BATCH=2 ITERS=1` on a CPU;
+# SELFTEST_LIMIT and BENCH_LIMIT (seconds, 140 each) bound those steps, AUTOTUNE_LEVEL sets
+# cubecl's autotuning, TRAIN_DATA and BUDGET add a training run (below). With the defaults the
+# steps' limits add up to under 580 s, inside one 600 s device call.
 # Every step has its own time limit, so one that hangs cannot eat the others' time; a failing
 # step is reported and the script goes on.
 set -uo pipefail
@@ -56,7 +59,12 @@ done
 for d in "${CUDA_PATH:-/usr/local/cuda}/lib64" "${CUDA_PATH:-/usr/local/cuda}/targets/x86_64-linux/lib"; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
+if [ -z "${CUDA_PATH:-}" ] && command -v nvcc >/dev/null; then
+    CUDA_PATH=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+    export CUDA_PATH
+fi
 say "CUDA_PATH=${CUDA_PATH:-unset}"
+say "libraries: $( (ldconfig -p 2>/dev/null | grep -o -E 'lib(cuda|nvrtc)\.so[.0-9]*' | sort -u | tr '\n' ' ') || true)"
 
 if ! xz -dc "$PACK/ddpm.xz" >"$WORK/ddpm" 2>>"$REPORT"; then
     say "no binary at $PACK/ddpm.xz: run scripts/build-gpu-pack.sh here and carry $PACK"
@@ -71,14 +79,37 @@ if [ -d "$PACK/whl" ] && ls "$PACK"/whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1
 
-step 170 "selftest on $DEVICE" "$DDPM" selftest --device "$DEVICE"
+# burn's GPU kernels are autotuned and compiled (NVRTC) on first use, which the first GPU run
+# (2026-11-27, BENCHMARKS.md "GPUs") found to take minutes. cubecl reads cubecl.toml from the
+# working directory: log its autotune decisions and compilations into $OUT, keep its cache
+# (the autotune results) under $PACK/cubecl so that a later call can carry it back in, and let
+# AUTOTUNE_LEVEL (minimal, balanced, extensive, full) trade tuning time against kernel choice.
+mkdir -p "$PACK/cubecl"
+cat >cubecl.toml <<TOML
+[autotune]
+level = "${AUTOTUNE_LEVEL:-balanced}"
+
+[autotune.logger]
+level = "minimal"
+file = "$OUT/cubecl-autotune.log"
+
+[compilation.logger]
+level = "basic"
+file = "$OUT/cubecl-compile.log"
+
+[environment]
+path = { directory = "$(cd "$PACK/cubecl" && pwd)" }
+TOML
+say "cubecl: autotune level ${AUTOTUNE_LEVEL:-balanced}; cache $(ls "$PACK/cubecl" | tr '\n' ' ')"
+
+step "${SELFTEST_LIMIT:-140}" "selftest on $DEVICE" "$DDPM" selftest --device "$DEVICE"
 
 for spec in "small28 ${SMALL_BATCH:-256}" "cifar10 ${CIFAR_BATCH:-128}"; do
     set -- $spec
-    step 75 "ddpm $1, batch $2, fp32, $DEVICE" \
+    step "${BENCH_LIMIT:-140}" "ddpm $1, batch $2, fp32, $DEVICE" \
         "$DDPM" --device "$DEVICE" bench --preset "$1" --batch-size "$2" --iters "$ITERS" --phases
     for prec in fp32 bf16; do
-        step 40 "PyTorch $1, batch $2, $prec, $DEVICE" \
+        step 30 "PyTorch $1, batch $2, $prec, $DEVICE" \
             python3 bench/pytorch_unet.py --device "$DEVICE" --preset "$1" --batch-size "$2" \
             --iters "$ITERS" --precision "$prec"
     done
@@ -99,12 +130,40 @@ for name, shape in shapes.items():
     out[name] = ((1.0 + np.abs(v)) if name.endswith(".var") else v).astype(np.float32)
 save_file(out, sys.argv[2])
 PY
-    step 50 "FID network (Inception), batch ${FID_BATCH:-64}, $DEVICE" \
+    step 40 "FID network (Inception), batch ${FID_BATCH:-64}, $DEVICE" \
         "$DDPM" --device "$DEVICE" bench --inception --inception-weights "$WORK/fid-random.safetensors" \
         --batch-size "${FID_BATCH:-64}" --iters "$ITERS"
 else
     say "(FID network skipped: no $PACK/inception-header.json)"
 fi
+
+# Optional: with the time left of BUDGET seconds (counted from the script's start), train the
+# paper's cifar10 preset on the image folder TRAIN_DATA on the GPU, then sample 64 images with
+# DDIM-50, η = 1, into $OUT/gpu-samples.png (the log and the loss plot come back too).
+if [ -n "${TRAIN_DATA:-}" ]; then
+    left=$((${BUDGET:-560} - ($(date +%s) - START)))
+    if [ "$left" -ge 100 ]; then
+        minutes=$(python3 -c "print(round(($left - 70) / 60, 2))")
+        step $((left - 40)) "train cifar10 on $TRAIN_DATA for $minutes min, $DEVICE" \
+            "$DDPM" --device "$DEVICE" train --run "$WORK/run" --data "$TRAIN_DATA" --preset cifar10 \
+            --batch-size "${TRAIN_BATCH:-128}" --minutes "$minutes" --preview-count 0 --lr "${TRAIN_LR:-5e-4}"
+        step 35 "sample 64 with DDIM-50, $DEVICE" \
+            "$DDPM" --device "$DEVICE" sample --run "$WORK/run" --n 64 --sampler ddim --steps 50 \
+            --eta 1 --out "$OUT/gpu-samples.png"
+        cp "$WORK/run/log.csv" "$OUT/gpu-train-log.csv" 2>/dev/null
+        cp "$WORK/run/loss.png" "$OUT/gpu-train-loss.png" 2>/dev/null
+    else
+        say "(training skipped: $left s left of BUDGET=${BUDGET:-560})"
+    fi
+fi
+
+# The cache, for the next call to carry in (.gpu-pack/cubecl/), and the logs, compressed.
+for f in "$PACK"/cubecl/*; do
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$OUT/cubecl-cache-$(basename "$f")"
+done
+for f in "$OUT"/cubecl-autotune.log "$OUT"/cubecl-compile.log; do
+    [ -f "$f" ] && say "$(basename "$f"): $(wc -l <"$f") lines" && xz -f "$f"
+done
 
 say ""
 say "total: $(($(date +%s) - START)) s; report: $REPORT"
