@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, in one call of under 8 minutes on a machine with an NVIDIA GPU, the driver,
+# The GPU check, in one call of under 10 minutes on a machine with an NVIDIA GPU, the driver,
 # the CUDA toolkit (NVRTC and its headers) and PyTorch, but no Rust and no network:
 #   1. unpacks the binary that scripts/build-gpu-pack.sh built here (.gpu-pack/ddpm.xz),
 #   2. `ddpm selftest --device cuda` (the device against the CPU and the exact answers),
