@@ -308,6 +308,40 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
+fn divergence_with_the_optimiser_on_the_device_leaves_the_last_step_in_the_state() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("nan-dev");
+    let mut cfg = tiny_run_config(50);
+    cfg.train.checkpoint_every = 1000;
+    cfg.train.optim.lr = 1e32;
+    cfg.train.optim.warmup_steps = 0;
+    cfg.train.optim.grad_clip = 0.0;
+    let mut t = Trainer::create(&run, cfg, &device).unwrap();
+    t.optim_on_device = true;
+    let init = t.state.params.clone();
+    let err = t.train().unwrap_err().to_string();
+    assert!(err.contains("diverged"), "{err}");
+    let failed_at: u64 = err
+        .split("at step ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The in-memory state is the last completed step's: its count and its weights (read back
+    // from the device), as with the host update.
+    assert!(failed_at > 0);
+    assert_eq!(t.state.step, failed_at);
+    assert!(
+        t.state.params != init,
+        "weights not read back from the device"
+    );
+}
+
+#[test]
 fn mismatched_config_and_crash_leftovers() {
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
@@ -547,18 +581,26 @@ fn optimiser_on_the_device_follows_the_host_update_and_resumes() {
     d.train().unwrap();
     let (sh, sd) = (final_state(&host), final_state(&dev));
     assert_eq!(sd.step, 6);
-    // Same formulas; only the f32 summation of the squared gradient norms differs.
+    // Same formulas; only the f32 summation of the squared gradient norms differs. Weights and
+    // EMA are compared by how far they moved from the initial weights (the moments start at 0).
+    let init = final_state(&part_init(&part, &config)).params;
+    let moved = |w: &[Vec<f32>]| -> Vec<Vec<f32>> {
+        w.iter()
+            .zip(&init)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+            .collect()
+    };
     for (what, a, b) in [
-        ("weights", &sd.params, &sh.params),
-        ("EMA", &sd.ema, &sh.ema),
-        ("m", &sd.m, &sh.m),
-        ("v", &sd.v, &sh.v),
+        ("weights' change", moved(&sd.params), moved(&sh.params)),
+        ("EMA's change", moved(&sd.ema), moved(&sh.ema)),
+        ("m", sd.m.clone(), sh.m.clone()),
+        ("v", sd.v.clone(), sh.v.clone()),
     ] {
-        let r = rel(a, b);
+        let r = rel(&a, &b);
         assert!(r < 1e-4, "{what}: relative difference {r:e}");
     }
     // And the state really moved: six steps change the weights and fill both moments.
-    assert!(rel(&sd.params, &final_state(&part_init(&part, &config)).params) > 1e-3);
+    assert!(rel(&sd.params, &init) > 1e-3);
     assert!(sd.v.iter().flatten().any(|&x| x > 0.0));
     // The log's grad_norm column (the clipping input) agrees too.
     let norms = |run: &Path| -> Vec<f64> {

@@ -1,13 +1,14 @@
 //! The same update as [`super::optim::TrainState::update`] (global-norm clipping, Adam with bias
 //! correction, the EMA), written as tensor operations on the model's own device.
 //!
-//! On a GPU the host update costs a round trip of every gradient and every weight per step
-//! (BENCHMARKS.md, "GPUs"); here the moments and the EMA stay on the device and only the
-//! per-parameter squared gradient norms (one small vector) come back, because the clipping
-//! factor needs the global norm. The host state is refreshed only when it is needed: for a
-//! checkpoint, a preview or the end of the session. The CPU keeps the host update, whose fixed
-//! summation order makes resumption bit-exact; this one sums the squared norms in f32 on the
-//! device, so it agrees with the host update to float rounding (tests/device_optim.rs).
+//! On a GPU the host update costs a round trip of every gradient and every weight per step;
+//! here the moments and the EMA stay on the device and only the per-parameter squared gradient
+//! norms (one small vector) come back, because the clipping factor needs the global norm. The
+//! host state is refreshed only when it is needed: for a checkpoint, a preview or the end of
+//! the session. The CPU keeps the host update, which sums the squared norms in f64 in a fixed
+//! order whatever the thread count, and on which runs trained so far continue their exact
+//! trajectory; this one sums each parameter's squares in f32 on the device, so it agrees with
+//! the host update to float rounding (tests/training.rs).
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -86,7 +87,7 @@ impl ModuleMapper for Apply<'_> {
         let p = tensor.inner().reshape([n]);
         let g = self.grads[i].clone() * c.clip;
         let m = self.opt.m[i].clone() * c.b1 + g.clone() * (1.0 - c.b1);
-        let v = self.opt.v[i].clone() * c.b2 + g.clone() * g * (1.0 - c.b2);
+        let v = self.opt.v[i].clone() * c.b2 + g.clone() * (1.0 - c.b2) * g;
         // Ho et al. 2020 train with Adam (Kingma & Ba 2015, Algorithm 1, bias-corrected), in
         // the same operation order as the host update.
         let p = p - m.clone() * c.step_size / (v.clone().sqrt() * c.inv_sqrt_bc2 + c.eps);

@@ -138,8 +138,9 @@ pub struct Session<T: Task> {
     pub progress: bool,
     /// Run clipping, Adam and the EMA as tensor operations on the device ([`DeviceOptim`])
     /// instead of on the host state. Default: on GPUs, where the host update would move every
-    /// gradient and weight across the bus each step; off on the CPU, whose host update resumes
-    /// bit for bit.
+    /// gradient and weight across the bus each step; off on the CPU, where the host update's
+    /// f64 gradient norm does not depend on the thread count and runs trained so far keep
+    /// their exact trajectory.
     pub optim_on_device: bool,
     device: Device,
     layout: Vec<(String, Vec<usize>)>,
@@ -482,7 +483,16 @@ impl<T: Task> Session<T> {
                 break;
             }
             let step = self.state.step;
-            let (loss, value) = self.forward(&model, step)?;
+            let (loss, value) = match self.forward(&model, step) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Leave the host state at the last completed step, as the host update does.
+                    if let Some(opt) = &on_device {
+                        opt.download_into(&model, &mut self.state);
+                    }
+                    return Err(e);
+                }
+            };
             let (updated, stats) = match &mut on_device {
                 Some(opt) => {
                     let out = opt.update(model, &loss.backward(), &tc.optim);
