@@ -11,9 +11,10 @@
 #   bash scripts/gpu-check.sh
 # DEVICE (default cuda), SMALL_BATCH (256), CIFAR_BATCH (128) and ITERS (10) can be changed for
 # a dry run elsewhere, e.g. `DEVICE=cpu SMALL_BATCH=4 CIFAR_BATCH=2 ITERS=1` on a CPU;
-# SELFTEST_LIMIT and BENCH_LIMIT (seconds, 140 each) bound those steps, AUTOTUNE_LEVEL sets
+# SELFTEST_LIMIT and BENCH_LIMIT (seconds, 120 each) bound those steps, AUTOTUNE_LEVEL sets
 # cubecl's autotuning, TRAIN_DATA and BUDGET add a training run (below). With the defaults the
-# steps' limits add up to under 580 s, inside one 600 s device call.
+# steps' limits add up to 520 s (plus up to 5 s each to kill a step, and the unpacking), inside
+# one 600 s device call.
 # Every step has its own time limit, so one that hangs cannot eat the others' time; a failing
 # step is reported and the script goes on.
 set -uo pipefail
@@ -40,8 +41,13 @@ step() {
     timeout --kill-after=5 "$limit" "$@" 2>&1 | grep -v -E 'UserWarning|FutureWarning|warnings\.warn' |
         tee -a "$REPORT"
     local rc=${PIPESTATUS[0]}
-    [ "$rc" = 124 ] && say "(stopped at its ${limit} s limit)"
+    { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && say "(stopped at its ${limit} s limit)"
     say "(exit $rc, $(($(date +%s) - t0)) s)"
+    # cubecl's cache (database and write-ahead log together, one file), after every step, so
+    # that it comes back even if the call is cut short.
+    if [ -d "$PACK/cubecl" ] && [ -n "$(ls -A "$PACK/cubecl")" ]; then
+        tar -C "$PACK" -cJf "$OUT/cubecl-cache.tar.xz" cubecl 2>/dev/null
+    fi
 }
 
 say "ddpm GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -79,18 +85,26 @@ if [ -d "$PACK/whl" ] && ls "$PACK"/whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1
 
-# burn's GPU kernels are autotuned and compiled (NVRTC) on first use, which the first GPU run
-# (2026-11-27, BENCHMARKS.md "GPUs") found to take minutes. cubecl reads cubecl.toml from the
-# working directory: log its autotune decisions and compilations into $OUT, keep its cache
-# (the autotune results) under $PACK/cubecl so that a later call can carry it back in, and let
-# AUTOTUNE_LEVEL (minimal, balanced, extensive, full; cubecl's default is balanced) trade tuning
-# time against kernel choice. The check defaults to minimal: burn-cubecl offers 13 candidate
-# kernels per convolution shape and direction, each compiled by NVRTC before it is timed, and
-# with balanced no training step finished within 170 s on the first run.
+# burn's GPU kernels are autotuned and compiled (NVRTC) on first use; on the first GPU run
+# (2026-11-27, BENCHMARKS.md "GPUs") no training step finished within 170 s. cubecl reads
+# cubecl.toml from the working directory: log its autotune decisions and compilations into
+# $OUT, keep its cache under $PACK/cubecl and return it as $OUT/cubecl-cache.tar.xz (unpack it
+# into .gpu-pack/ here so that the next call starts tuned), and set AUTOTUNE_LEVEL (minimal,
+# balanced, extensive, full; cubecl's default is balanced). The check defaults to minimal,
+# which groups shapes more coarsely into tuning keys, so fewer keys are tuned (each key still
+# compiles and times every candidate kernel: 13 per convolution direction); its effect on the
+# time is not measured yet.
+AUTOTUNE_LEVEL=${AUTOTUNE_LEVEL:-minimal}
+case "$AUTOTUNE_LEVEL" in
+    minimal | balanced | extensive | full) ;;
+    *) say "AUTOTUNE_LEVEL=$AUTOTUNE_LEVEL: use minimal, balanced, extensive or full"; exit 1 ;;
+esac
+unset CUBECL_AUTOTUNE_LEVEL # it would override the file
 mkdir -p "$PACK/cubecl"
+trap 'rm -f cubecl.toml' EXIT
 cat >cubecl.toml <<TOML
 [autotune]
-level = "${AUTOTUNE_LEVEL:-minimal}"
+level = "$AUTOTUNE_LEVEL"
 
 [autotune.logger]
 level = "minimal"
@@ -103,13 +117,13 @@ file = "$OUT/cubecl-compile.log"
 [environment]
 path = { directory = "$(cd "$PACK/cubecl" && pwd)" }
 TOML
-say "cubecl: autotune level ${AUTOTUNE_LEVEL:-minimal}; cache $(ls "$PACK/cubecl" | tr '\n' ' ')"
+say "cubecl: autotune level $AUTOTUNE_LEVEL; cache $(ls "$PACK/cubecl" | tr '\n' ' ')"
 
-step "${SELFTEST_LIMIT:-140}" "selftest on $DEVICE" "$DDPM" selftest --device "$DEVICE"
+step "${SELFTEST_LIMIT:-120}" "selftest on $DEVICE" "$DDPM" selftest --device "$DEVICE"
 
 for spec in "small28 ${SMALL_BATCH:-256}" "cifar10 ${CIFAR_BATCH:-128}"; do
     set -- $spec
-    step "${BENCH_LIMIT:-140}" "ddpm $1, batch $2, fp32, $DEVICE" \
+    step "${BENCH_LIMIT:-120}" "ddpm $1, batch $2, fp32, $DEVICE" \
         "$DDPM" --device "$DEVICE" bench --preset "$1" --batch-size "$2" --iters "$ITERS" --phases
     for prec in fp32 bf16; do
         step 30 "PyTorch $1, batch $2, $prec, $DEVICE" \
@@ -160,10 +174,7 @@ if [ -n "${TRAIN_DATA:-}" ]; then
     fi
 fi
 
-# The cache, for the next call to carry in (.gpu-pack/cubecl/), and the logs, compressed.
-for f in "$PACK"/cubecl/*; do
-    [ -f "$f" ] && [ "$(stat -c %s "$f")" -lt 16000000 ] && cp "$f" "$OUT/cubecl-cache-$(basename "$f")"
-done
+# The logs, compressed (the cache went back after each step).
 for f in "$OUT"/cubecl-autotune.log "$OUT"/cubecl-compile.log; do
     [ -f "$f" ] && say "$(basename "$f"): $(wc -l <"$f") lines" && xz -f "$f"
 done
