@@ -268,16 +268,31 @@ fn decaying_learning_rate_ends_at_zero_and_resumes_bit_for_bit() {
     assert!(!c.join("config.json").exists());
 }
 
+/// The step named by a divergence error ("loss is NaN at step N: …").
+fn diverged_at(err: &str) -> u64 {
+    err.split("at step ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step in {err}"))
+}
+
+/// A tiny run that diverges at once: learning rate 1e32, no warm-up, no clipping.
+fn diverging_config() -> RunConfig {
+    let mut cfg = tiny_run_config(50);
+    cfg.train.optim.lr = 1e32;
+    cfg.train.optim.warmup_steps = 0;
+    cfg.train.optim.grad_clip = 0.0;
+    cfg
+}
+
 #[test]
 fn divergence_stops_and_keeps_the_last_good_checkpoint() {
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("nan");
-    let mut cfg = tiny_run_config(50);
+    let mut cfg = diverging_config();
     cfg.train.checkpoint_every = 1;
-    cfg.train.optim.lr = 1e32;
-    cfg.train.optim.warmup_steps = 0;
-    cfg.train.optim.grad_clip = 0.0;
     let err = Trainer::create(&run, cfg, &device)
         .unwrap()
         .train()
@@ -287,15 +302,7 @@ fn divergence_stops_and_keeps_the_last_good_checkpoint() {
         err.contains("diverged") && err.contains("checkpoint"),
         "{err}"
     );
-    let failed_at: u64 = err
-        .split("at step ")
-        .nth(1)
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let failed_at = diverged_at(&err);
     let state = final_state(&run);
     assert!(
         state.step <= failed_at,
@@ -312,25 +319,14 @@ fn divergence_with_the_optimiser_on_the_device_leaves_the_last_step_in_the_state
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("nan-dev");
-    let mut cfg = tiny_run_config(50);
+    let mut cfg = diverging_config();
     cfg.train.checkpoint_every = 1000;
-    cfg.train.optim.lr = 1e32;
-    cfg.train.optim.warmup_steps = 0;
-    cfg.train.optim.grad_clip = 0.0;
     let mut t = Trainer::create(&run, cfg, &device).unwrap();
     t.optim_on_device = true;
     let init = t.state.params.clone();
     let err = t.train().unwrap_err().to_string();
     assert!(err.contains("diverged"), "{err}");
-    let failed_at: u64 = err
-        .split("at step ")
-        .nth(1)
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let failed_at = diverged_at(&err);
     // The in-memory state is the last completed step's: its count and its weights (read back
     // from the device), as with the host update.
     assert!(failed_at > 0);

@@ -13,7 +13,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::optim::{OptimConfig, TrainState, UpdateStats};
+use super::optim::{OptimConfig, StepCoefficients, TrainState, UpdateStats};
 
 /// Adam's moments and the EMA of every parameter, flat, on the device, in parameter order.
 pub struct DeviceOptim {
@@ -57,22 +57,11 @@ impl ModuleVisitor for GradTensors<'_> {
     }
 }
 
-/// The step's scalars, computed on the host exactly as the host update computes them.
-struct Coefficients {
-    clip: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    step_size: f32,
-    inv_sqrt_bc2: f32,
-    decay: f32,
-}
-
 /// Replaces every parameter by its Adam update and advances the moments and the EMA.
 struct Apply<'a> {
     opt: &'a mut DeviceOptim,
     grads: Vec<Tensor<1>>,
-    c: Coefficients,
+    c: StepCoefficients,
     next: usize,
 }
 
@@ -140,26 +129,8 @@ impl DeviceOptim {
             .sum::<f64>()
             .sqrt();
         self.step += 1;
-        let step = self.step;
-        // torch.nn.utils.clip_grad_norm_: scale by max_norm/(norm + 1e-6) when above max_norm.
-        let clip = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip {
-            cfg.grad_clip / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
-        let lr = cfg.lr_at(step);
-        let (b1, b2) = (cfg.beta1, cfg.beta2);
-        let bc1 = 1.0 - b1.powi(step as i32);
-        let bc2 = 1.0 - b2.powi(step as i32);
-        let c = Coefficients {
-            clip: clip as f32,
-            b1: b1 as f32,
-            b2: b2 as f32,
-            eps: cfg.eps as f32,
-            step_size: (lr / bc1) as f32,
-            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-            decay: cfg.ema_decay_at(step) as f32,
-        };
+        let c = StepCoefficients::new(cfg, self.step, grad_norm);
+        let lr = c.lr;
         let mut apply = Apply {
             opt: self,
             grads: gs,

@@ -140,6 +140,54 @@ impl OptimConfig {
     }
 }
 
+/// The scalars of one update at (1-based) step `step`, shared by the host update and
+/// [`super::device_optim`]: the clipping factor, Adam's coefficients with bias correction
+/// (Kingma & Ba 2015, Algorithm 1) and the EMA decay.
+#[derive(Clone, Copy, Debug)]
+pub struct StepCoefficients {
+    /// Gradient scale: `max_norm/(norm + 1e-6)` when the norm exceeds `max_norm`
+    /// (torch.nn.utils.clip_grad_norm_), else 1.
+    pub clip: f32,
+    /// Adam β1.
+    pub b1: f32,
+    /// Adam β2.
+    pub b2: f32,
+    /// Adam ε.
+    pub eps: f32,
+    /// `lr / (1 − β1^step)`.
+    pub step_size: f32,
+    /// `1/√(1 − β2^step)`.
+    pub inv_sqrt_bc2: f32,
+    /// EMA decay at this step.
+    pub decay: f32,
+    /// Learning rate at this step.
+    pub lr: f64,
+}
+
+impl StepCoefficients {
+    /// The coefficients of step `step` given the global gradient norm before clipping.
+    pub fn new(cfg: &OptimConfig, step: u64, grad_norm: f64) -> Self {
+        let clip = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip {
+            cfg.grad_clip / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        let lr = cfg.lr_at(step);
+        let bc1 = 1.0 - cfg.beta1.powi(step as i32);
+        let bc2 = 1.0 - cfg.beta2.powi(step as i32);
+        StepCoefficients {
+            clip: clip as f32,
+            b1: cfg.beta1 as f32,
+            b2: cfg.beta2 as f32,
+            eps: cfg.eps as f32,
+            step_size: (lr / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            decay: cfg.ema_decay_at(step) as f32,
+            lr,
+        }
+    }
+}
+
 /// Parameters, EMA and Adam moments, all in the same order and shapes.
 #[derive(Clone, Debug)]
 pub struct TrainState {
@@ -190,21 +238,17 @@ impl TrainState {
             .collect();
         let sq: f64 = partial.iter().sum();
         let grad_norm = sq.sqrt();
-        // torch.nn.utils.clip_grad_norm_: scale by max_norm/(norm + 1e-6) when above max_norm.
-        let clip = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip {
-            cfg.grad_clip / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
-        let lr = cfg.lr_at(step);
-        let (b1, b2) = (cfg.beta1, cfg.beta2);
-        let bc1 = 1.0 - b1.powi(step as i32);
-        let bc2 = 1.0 - b2.powi(step as i32);
-        let step_size = (lr / bc1) as f32;
-        let (b1f, b2f, eps) = (b1 as f32, b2 as f32, cfg.eps as f32);
-        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
-        let clip = clip as f32;
-        let decay = cfg.ema_decay_at(step) as f32;
+        let c = StepCoefficients::new(cfg, step, grad_norm);
+        let StepCoefficients {
+            clip,
+            b1: b1f,
+            b2: b2f,
+            eps,
+            step_size,
+            inv_sqrt_bc2,
+            decay,
+            lr,
+        } = c;
         self.params
             .par_iter_mut()
             .zip(self.ema.par_iter_mut())
