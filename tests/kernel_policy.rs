@@ -47,8 +47,12 @@ fn winograd_matches_burn_through_autodiff() {
         let e = max_rel_err(&dx(&g), &dx(&g_ref));
         assert!(e < 1e-5, "{ci}->{co} {h}x{w}: dx {e:e}");
         let dw = |g| values(conv.weight.val().grad(g).expect("weight gradient"));
+        // The weight gradient sums b·h·w = 2,352 products per entry, through the transforms in
+        // Winograd's order and directly in burn's: its rounding differs by up to ~1.1e-5 of the
+        // largest entry (5 of 300 random draws exceeded 1e-5); a wrong tile or transform gives
+        // errors of order 1.
         let e = max_rel_err(&dw(&g), &dw(&g_ref));
-        assert!(e < 1e-5, "{ci}->{co} {h}x{w}: dW {e:e}");
+        assert!(e < 4e-5, "{ci}->{co} {h}x{w}: dW {e:e}");
     }
 }
 
