@@ -43,12 +43,15 @@ struct Cli {
     /// or `default` (glibc's defaults).
     #[arg(long, global = true, default_value = "tuned", value_parser = ["tuned", "default"])]
     malloc: String,
-    /// Arithmetic of the stride-1 convolutions: `f32`, or `bf16` (operands rounded to
-    /// bfloat16, sums in f32; CPUs with AVX512_BF16: AMD Zen 4+, Intel Sapphire Rapids+). In
-    /// training (recorded in the run; resumes continue in it) the forward pass and both
-    /// gradients of those convolutions are bf16, while Adam, master weights and EMA stay f32,
-    /// as with PyTorch's autocast. The FID network always computes in f32. BENCHMARKS.md has the
-    /// speed, the README the FID of bf16 against f32.
+    /// Arithmetic of the network's matrix products: `f32`, or `bf16` (operands rounded to
+    /// bfloat16, sums in f32). On the CPU: the stride-1 convolutions on AVX512_BF16 (AMD Zen 4+,
+    /// Intel Sapphire Rapids+). On GPUs (and under `--kernels burn`): every convolution, the
+    /// attention's linear layers and its two products, through burn's ops with bf16 operands and
+    /// results cast back to f32. In training (recorded in the run; resumes continue in it) the
+    /// forward pass and both gradients of those ops are bf16, while Adam, master weights, EMA,
+    /// GroupNorm, softmax and the loss stay f32, as with PyTorch's autocast. The FID network
+    /// always computes in f32. BENCHMARKS.md has the speed, the README the FID of bf16 against
+    /// f32.
     #[arg(long, global = true, default_value = "f32")]
     precision: ddpm::kernels::Precision,
     #[command(subcommand)]
@@ -119,16 +122,11 @@ fn run(cli: Cli) -> Result<()> {
     ddpm::kernels::with_precision(precision, || dispatch(cli, &device))
 }
 
-/// `--precision bf16` is for sampling and evaluation on the CPU.
+/// `--precision bf16`: the CPU's AVX512_BF16 kernels, or bf16 operands through burn's ops on
+/// GPUs (and under `--kernels burn`); training, sampling and evaluation only.
 fn check_bf16(command: &Command, device: &burn::tensor::Device) -> Result<()> {
     use anyhow::bail;
-    if !ddpm::kernels::is_cpu(device) {
-        bail!(
-            "--precision bf16 runs the CPU's AVX512_BF16 kernels; burn 0.22 has no mixed-precision \
-             (autocast) path for GPU backends, so GPUs compute in f32 (omit --precision)"
-        );
-    }
-    if let Err(e) = ddpm::kernels::Precision::Bf16.check_cpu() {
+    if let Err(e) = ddpm::kernels::check_precision(ddpm::kernels::Precision::Bf16, device) {
         bail!("{e}");
     }
     match command {

@@ -31,6 +31,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::diffusion::{Denoiser, DiffusionConfig, GaussianDiffusion, VarianceType};
+use crate::kernels::Precision;
 use crate::model::UNetConfig;
 use crate::oracle::{
     GaussianMixtureOracle, GaussianOracle, exact_ancestral_moments, exact_ddim_moments,
@@ -323,8 +324,35 @@ fn unet_checks(device: &Device, cpu: &Device, tol: Tolerances) -> Vec<Check> {
         max_abs_diff(&on_device, &reference),
         tol.eps,
     ));
+    // `--precision bf16` where the device runs it: the CPU's AVX512_BF16 kernels, or bf16
+    // operands through burn's ops on a GPU.
+    match crate::kernels::check_precision(Precision::Bf16, device) {
+        Ok(()) => {
+            let bf16 = crate::kernels::with_precision(Precision::Bf16, || eps(device));
+            rows.push(Check::at_most(
+                "U-Net ε in bf16 (--precision bf16) vs CPU f32, max |Δε|",
+                max_abs_diff(&bf16, &reference),
+                BF16_EPS,
+            ));
+            // The bf16 path must really have run: f32 arithmetic lands within `tol.eps`.
+            rows.push(Check {
+                name: "U-Net ε in bf16 differs from f32 (bf16 in effect)".into(),
+                measured: format!("{:.2e}", max_abs_diff(&bf16, &on_device)),
+                tolerance: format!("> {:.1e}", tol.eps.min(1e-3)),
+                pass: max_abs_diff(&bf16, &on_device) > tol.eps.min(1e-3),
+            });
+        }
+        Err(why) => println!("(bf16 rows skipped: {why})"),
+    }
     rows
 }
+
+/// Max |Δε| of the U-Net in bf16 against f32. bf16 keeps 8 significant bits (unit roundoff
+/// 2⁻⁹ ≈ 2e-3 per operand and per rounded result), through about 20 layers on |ε| up to 2.7;
+/// measured 2.9e-2 with the CPU's kernels and 3.3e-2 through burn's ops on the CPU, so the bound
+/// leaves 3× for a device's other summation order. A wrong layer or weight gives errors of
+/// order |ε|.
+const BF16_EPS: f64 = 1e-1;
 
 fn sampler_checks(device: &Device, cpu: &Device, cfg: &SelftestConfig) -> Vec<Check> {
     let same = device == cpu;

@@ -4,7 +4,26 @@ use std::process::Command;
 
 #[test]
 fn selftest_on_the_cpu_passes_and_prints_the_table() {
+    selftest_passes(&[]);
+}
+
+/// Under `--kernels burn` every operation goes through burn's ops, as on a GPU, including the
+/// bf16 rows (casts around the convolutions and products), which need no AVX512_BF16 there.
+#[test]
+fn selftest_on_burn_ops_passes_with_the_bf16_rows() {
+    let stdout = selftest_passes(&["--kernels", "burn"]);
+    for row in ["U-Net ε in bf16", "bf16 in effect"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no row `{row}` in\n{stdout}"));
+        assert!(line.ends_with("PASS"), "{line}");
+    }
+}
+
+fn selftest_passes(flags: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(flags)
         .args(["selftest", "--device", "cpu"])
         .output()
         .expect("run ddpm");
@@ -36,6 +55,7 @@ fn selftest_on_the_cpu_passes_and_prints_the_table() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
     let summary = stdout.lines().find(|l| l.contains("checks,")).unwrap();
     assert!(summary.contains(", 0 failed"), "{summary}");
+    stdout.into_owned()
 }
 
 #[test]

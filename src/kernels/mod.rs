@@ -3,7 +3,10 @@
 //!
 //! The model code calls the functions at the bottom of this file ([`conv2d`]); they route to
 //! these kernels when the tensors live on the CPU backend and to burn's generic ops on any
-//! other device (wgpu) or under [`KernelPolicy::Burn`], so the model stays backend-agnostic.
+//! other device (cuda, wgpu) or under [`KernelPolicy::Burn`], so the model stays
+//! backend-agnostic. On burn's ops, `--precision bf16` casts the operands of the convolutions,
+//! the attention's linear layers and its two products to bf16 and the results back to f32
+//! ([`burn_bf16`]), as PyTorch's autocast does for the same ops.
 //! The caller picks the policy once with [`set_policy`] (the CLI's `--kernels`). Every kernel is tested against
 //! the definition (values and gradients) in its own file and against burn's op in
 //! `tests/kernels.rs`.
@@ -31,9 +34,9 @@ use burn::backend::autodiff::{
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::nn::{Linear, PaddingConfig2d};
+use burn::tensor::{DType, FloatDType, Shape, Tensor};
 use burn_flex::{FlexTensor, Layout};
 
 use conv::{
@@ -342,6 +345,37 @@ fn disabled() -> bool {
     policy() == KernelPolicy::Burn
 }
 
+/// Whether this crate's CPU kernels run for tensors on `device`.
+fn kernels_run(device: &burn::tensor::Device) -> bool {
+    is_cpu(device) && !disabled()
+}
+
+/// Whether `--precision bf16` is carried out with burn's own ops on `device` (GPUs, and the CPU
+/// under `--kernels burn`): operands cast to bf16, results cast back to f32, master weights and
+/// every other op in f32 (mixed precision as in Micikevicius et al. 2018, the ops PyTorch's
+/// autocast runs in bf16). On the CPU's kernels, bf16 is their own `vdpbf16ps` path instead.
+pub fn burn_bf16(device: &burn::tensor::Device) -> bool {
+    precision::current() == Precision::Bf16 && !kernels_run(device)
+}
+
+/// `Ok` when `precision` can run on `device`, else why not: bf16 on this crate's CPU kernels
+/// needs AVX512_BF16; through burn's ops (GPUs, `--kernels burn`) it needs nothing more.
+pub fn check_precision(precision: Precision, device: &burn::tensor::Device) -> Result<(), String> {
+    if kernels_run(device) {
+        precision.check_cpu()
+    } else {
+        Ok(())
+    }
+}
+
+fn to_bf16_if<const D: usize>(t: Tensor<D>, bf16: bool) -> Tensor<D> {
+    if bf16 { t.cast(FloatDType::BF16) } else { t }
+}
+
+fn to_f32_if<const D: usize>(t: Tensor<D>, bf16: bool) -> Tensor<D> {
+    if bf16 { t.cast(FloatDType::F32) } else { t }
+}
+
 /// `conv.forward(x)`, through [`conv::conv2d_forward`] on the CPU.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let plain = conv.groups == 1 && conv.dilation == [1, 1] && conv.stride[0] == conv.stride[1];
@@ -351,15 +385,24 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         _ => None,
     };
     match (pad, &conv.bias) {
-        (Some(pad), Some(bias)) if plain && is_cpu(&x.device()) && !disabled() => {
+        (Some(pad), Some(bias)) if plain => {
             conv2d_with(x, conv.weight.val(), bias.val(), conv.stride[0], pad)
         }
-        _ => conv.forward(x),
+        _ => {
+            let bf16 = burn_bf16(&x.device());
+            assert!(
+                !bf16,
+                "--precision bf16 on burn's ops covers biased, ungrouped, undilated convolutions \
+                 with explicit padding; this one is not"
+            );
+            conv.forward(x)
+        }
     }
 }
 
 /// `y = conv(x, weight) + bias` with equal strides, groups 1, dilation 1 and explicit
-/// padding (top, left, bottom, right): this crate's kernel on the CPU, burn's op elsewhere.
+/// padding (top, left, bottom, right): this crate's kernel on the CPU, burn's op elsewhere
+/// (with bf16 operands under [`burn_bf16`]).
 pub fn conv2d_with(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -367,7 +410,7 @@ pub fn conv2d_with(
     stride: usize,
     pad: [usize; 4],
 ) -> Tensor<4> {
-    if is_cpu(&x.device()) && !disabled() {
+    if kernels_run(&x.device()) {
         let y = <Dispatch as CpuKernels>::conv2d_gemm(
             x.into_dispatch(),
             weight.into_dispatch(),
@@ -377,6 +420,7 @@ pub fn conv2d_with(
         );
         return Tensor::from_dispatch(y);
     }
+    let bf16 = burn_bf16(&x.device());
     let [t, l, b, r] = pad;
     let (x, padding) = if t == b && l == r {
         (x, [t, l])
@@ -390,7 +434,33 @@ pub fn conv2d_with(
         )
     };
     let opts = burn::tensor::ops::ConvOptions::new([stride; 2], padding, [1, 1], 1);
-    burn::tensor::module::conv2d(x, weight, Some(bias), opts)
+    let y = burn::tensor::module::conv2d(
+        to_bf16_if(x, bf16),
+        to_bf16_if(weight, bf16),
+        Some(to_bf16_if(bias, bf16)),
+        opts,
+    );
+    to_f32_if(y, bf16)
+}
+
+/// `lin.forward(x)`, with bf16 operands under [`burn_bf16`].
+pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let bf16 = burn_bf16(&x.device());
+    if !bf16 {
+        return lin.forward(x);
+    }
+    let y = burn::tensor::module::linear(
+        to_bf16_if(x, true),
+        to_bf16_if(lin.weight.val(), true),
+        lin.bias.as_ref().map(|b| to_bf16_if(b.val(), true)),
+    );
+    to_f32_if(y, true)
+}
+
+/// `a.matmul(b)`, with bf16 operands under [`burn_bf16`].
+pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    let bf16 = burn_bf16(&a.device());
+    to_f32_if(to_bf16_if(a, bf16).matmul(to_bf16_if(b, bf16)), bf16)
 }
 
 /// `act(GroupNorm(x))` over `[B, C, …]` activations: γ, β per channel, SiLU when `silu`.
@@ -403,7 +473,7 @@ pub fn group_norm<const D: usize>(
     eps: f64,
     silu: bool,
 ) -> Tensor<D> {
-    if is_cpu(&x.device()) && !disabled() {
+    if kernels_run(&x.device()) {
         let y = <Dispatch as CpuKernels>::group_norm_act(
             x.into_dispatch(),
             gamma.into_dispatch(),

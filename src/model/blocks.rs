@@ -218,16 +218,13 @@ impl AttentionBlock {
             .forward(x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
-        let q = self.to_q.forward(seq.clone());
-        let k = self.to_k.forward(seq.clone());
-        let v = self.to_v.forward(seq);
-        let scores = q
-            .matmul(k.swap_dims(1, 2))
-            .mul_scalar(1.0 / (c as f64).sqrt());
-        let attn = softmax(scores, 2).matmul(v);
-        let out = self
-            .to_out
-            .forward(attn)
+        let q = crate::kernels::linear(&self.to_q, seq.clone());
+        let k = crate::kernels::linear(&self.to_k, seq.clone());
+        let v = crate::kernels::linear(&self.to_v, seq);
+        let scores =
+            crate::kernels::matmul(q, k.swap_dims(1, 2)).mul_scalar(1.0 / (c as f64).sqrt());
+        let attn = crate::kernels::matmul(softmax(scores, 2), v);
+        let out = crate::kernels::linear(&self.to_out, attn)
             .swap_dims(1, 2)
             .reshape([b, c, h, w]);
         x + out

@@ -434,15 +434,8 @@ impl<T: Task> Session<T> {
     /// Trains until the step or time budget is reached.
     pub fn train(&mut self) -> Result<TrainSummary> {
         let precision = self.task.config().train().precision;
-        precision
-            .check_cpu()
+        crate::kernels::check_precision(precision, &self.device)
             .map_err(|e| anyhow::anyhow!("this run trains in {precision}: {e}"))?;
-        if precision != crate::kernels::Precision::F32 && !crate::kernels::is_cpu(&self.device) {
-            anyhow::bail!(
-                "this run trains in {precision}, which runs on the CPU's AVX512_BF16 kernels; \
-                 burn 0.22 has no mixed-precision path for GPU backends"
-            );
-        }
         crate::kernels::with_precision(precision, || self.train_in_scope())
     }
 
