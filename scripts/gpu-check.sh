@@ -12,9 +12,11 @@
 # DEVICE (default cuda), SMALL_BATCH (256), CIFAR_BATCH (128) and ITERS (10) can be changed for
 # a dry run elsewhere, e.g. `DEVICE=cpu SMALL_BATCH=4 CIFAR_BATCH=2 ITERS=1` on a CPU;
 # SELFTEST_LIMIT and BENCH_LIMIT (seconds, 120 each) bound those steps, AUTOTUNE_LEVEL sets
-# cubecl's autotuning, TRAIN_DATA and BUDGET add a training run (below). With the defaults the
-# steps' limits add up to 520 s (plus up to 5 s each to kill a step, and the unpacking), inside
-# one 600 s device call.
+# cubecl's autotuning, TRAIN_DATA and BUDGET add a training run (below), BF16=1 adds
+# `ddpm --precision bf16 bench` for both presets (BF16_LIMIT seconds each, default 90; lower
+# BENCH_LIMIT to keep one call's limits inside 600 s). With the defaults the steps' limits add
+# up to 520 s (plus up to 5 s each to kill a step, and the unpacking), inside one 600 s device
+# call.
 # Every step has its own time limit, so one that hangs cannot eat the others' time; a failing
 # step is reported and the script goes on.
 set -uo pipefail
@@ -125,6 +127,11 @@ for spec in "small28 ${SMALL_BATCH:-256}" "cifar10 ${CIFAR_BATCH:-128}"; do
     set -- $spec
     step "${BENCH_LIMIT:-120}" "ddpm $1, batch $2, fp32, $DEVICE" \
         "$DDPM" --device "$DEVICE" bench --preset "$1" --batch-size "$2" --iters "$ITERS" --phases
+    if [ "${BF16:-0}" = 1 ]; then
+        step "${BF16_LIMIT:-90}" "ddpm $1, batch $2, --precision bf16, $DEVICE" \
+            "$DDPM" --device "$DEVICE" --precision bf16 bench --preset "$1" --batch-size "$2" \
+            --iters "$ITERS"
+    fi
     for prec in fp32 bf16; do
         step 30 "PyTorch $1, batch $2, $prec, $DEVICE" \
             python3 bench/pytorch_unet.py --device "$DEVICE" --preset "$1" --batch-size "$2" \
