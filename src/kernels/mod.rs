@@ -130,7 +130,7 @@ impl CpuKernels for Flex {
         );
         let g = conv_geom(&x, &weight, stride, pad);
         let (x, w, b) = (values(&x), values(&weight), Some(values(&bias)));
-        let y = if precision::current() == Precision::Bf16 && bf16_applies(&g) {
+        let y = if cpu_bf16() && bf16_applies(&g) {
             conv2d_forward_bf16(&g, x, w, b)
         } else {
             conv2d_forward(&g, x, w, b)
@@ -260,7 +260,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 let g = conv_geom(&xp, &wp, stride, pad);
                 // The precision is decided here and remembered for the backward pass, which
                 // may run outside the scope.
-                let bf16 = precision::current() == Precision::Bf16 && bf16_applies(&g);
+                let bf16 = cpu_bf16() && bf16_applies(&g);
                 let y = with_precision(
                     if bf16 {
                         Precision::Bf16
@@ -359,13 +359,34 @@ pub fn burn_bf16(device: &burn::tensor::Device) -> bool {
 }
 
 /// `Ok` when `precision` can run on `device`, else why not: bf16 on this crate's CPU kernels
-/// needs AVX512_BF16; through burn's ops (GPUs, `--kernels burn`) it needs nothing more.
+/// needs AVX512_BF16; through burn's ops (GPUs, `--kernels burn`) the device must support
+/// bf16 tensors (`Device::supports_dtype`: CUDA GPUs since Ampere, not WGSL).
 pub fn check_precision(precision: Precision, device: &burn::tensor::Device) -> Result<(), String> {
-    if kernels_run(device) {
-        precision.check_cpu()
-    } else {
+    if precision == Precision::F32 {
         Ok(())
+    } else if kernels_run(device) {
+        precision.check_cpu()
+    } else if device.supports_dtype(FloatDType::BF16) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--precision bf16: burn reports no bf16 support on {device:?} \
+             (Device::supports_dtype); use --precision f32"
+        ))
     }
+}
+
+/// Whether the CPU kernels are to compute in bf16 ([`Precision::Bf16`] in force).
+///
+/// # Panics
+/// If bf16 is in force and this CPU lacks AVX512_BF16 (callers check with
+/// [`check_precision`] first; this keeps a missed check from computing in f32 silently).
+fn cpu_bf16() -> bool {
+    let bf16 = precision::current() == Precision::Bf16;
+    if bf16 && let Err(e) = Precision::Bf16.check_cpu() {
+        panic!("{e}");
+    }
+    bf16
 }
 
 fn to_bf16_if<const D: usize>(t: Tensor<D>, bf16: bool) -> Tensor<D> {
@@ -393,7 +414,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             assert!(
                 !bf16,
                 "--precision bf16 on burn's ops covers biased, ungrouped, undilated convolutions \
-                 with explicit padding; this one is not"
+                 with equal strides and explicit padding; this one is not"
             );
             conv.forward(x)
         }

@@ -1,14 +1,16 @@
-//! Reduced precision: the stride-1 convolutions with bf16 operands and f32 accumulation
-//! (AVX512_BF16's `vdpbf16ps`, two products per lane per instruction). For sampling and
-//! evaluation that is the forward pass; for training (mixed precision, as PyTorch's autocast)
-//! the forward pass, the input gradients and the weight gradients, while the optimiser, the
-//! master weights and the EMA stay f32.
+//! Reduced precision: bf16 operands with f32 accumulation. On this crate's CPU kernels, the
+//! stride-1 convolutions on AVX512_BF16's `vdpbf16ps` (two products per lane per instruction);
+//! on burn's ops (GPUs, `--kernels burn`), every convolution and the attention's linear layers
+//! and products, cast to bf16 and back ([`super::burn_bf16`]). For sampling and evaluation that
+//! is the forward pass; for training (mixed precision, as PyTorch's autocast) the forward pass,
+//! the input gradients and the weight gradients, while the optimiser, the master weights and
+//! the EMA stay f32.
 //!
-//! The precision is scoped to the calling thread ([`with_precision`]): burn-flex is eager, so
-//! every convolution of a model call is dispatched on the thread that made it, and a
-//! convolution recorded for backpropagation remembers the precision it ran at. The FID
-//! network forces f32 inside the scope, so a score is always measured with the same
-//! network.
+//! The precision is scoped to the calling thread ([`with_precision`]): burn's ops are queued
+//! in the order of the calls, so every operation of a model call is dispatched on the thread
+//! that made it, and an operation recorded for backpropagation remembers the precision it ran
+//! at (a CPU kernel records it, a cast is itself recorded). The FID network forces f32 inside
+//! the scope, so a score is always measured with the same network.
 
 use std::cell::Cell;
 use std::fmt;
@@ -78,15 +80,11 @@ pub fn current() -> Precision {
     CURRENT.with(|c| c.get())
 }
 
-/// Runs `f` with convolutions on this thread at precision `p`, restoring the previous one
-/// afterwards (also when `f` panics).
-///
-/// # Panics
-/// If `p` is [`Precision::Bf16`] and this CPU cannot run it ([`Precision::check_cpu`]).
+/// Runs `f` with the network's products on this thread at precision `p`, restoring the
+/// previous one afterwards (also when `f` panics). Callers check the device first with
+/// [`super::check_precision`]; a bf16 convolution on this crate's CPU kernels panics with the
+/// reason where the CPU lacks AVX512_BF16, rather than silently computing in f32.
 pub fn with_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
-    if let Err(e) = p.check_cpu() {
-        panic!("{e}");
-    }
     struct Restore(Precision);
     impl Drop for Restore {
         fn drop(&mut self) {
