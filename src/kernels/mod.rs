@@ -467,15 +467,12 @@ pub fn conv2d_with(
 /// `lin.forward(x)`, with bf16 operands under [`burn_bf16`].
 pub fn linear<const D: usize>(lin: &Linear, x: Tensor<D>) -> Tensor<D> {
     let bf16 = burn_bf16(&x.device());
-    if !bf16 {
-        return lin.forward(x);
-    }
     let y = burn::tensor::module::linear(
-        to_bf16_if(x, true),
-        to_bf16_if(lin.weight.val(), true),
-        lin.bias.as_ref().map(|b| to_bf16_if(b.val(), true)),
+        to_bf16_if(x, bf16),
+        to_bf16_if(lin.weight.val(), bf16),
+        lin.bias.as_ref().map(|b| to_bf16_if(b.val(), bf16)),
     );
-    to_f32_if(y, true)
+    to_f32_if(y, bf16)
 }
 
 /// `a.matmul(b)`, with bf16 operands under [`burn_bf16`].
