@@ -46,11 +46,17 @@ pub(crate) use multiversion;
 /// e^x in f32 (Cephes `expf`: x = n·ln 2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r,
 /// 2^n from the exponent bits); within 2 ulp of `f32::exp` on [−87, 88] and branch-free, so
 /// loops that call it vectorise. Arguments beyond that range are clamped to it.
+///
+/// n is rounded by adding 1.5·2²³, which leaves n in the low mantissa bits: the same value as
+/// `round_ties_even`, but with integer arithmetic on the bits instead of a float-to-int cast,
+/// whose saturating semantics in Rust kept LLVM from vectorising the callers' loops.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E).round_ties_even();
+    let t = x * LOG2E + SHIFT;
+    let n = t - SHIFT;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = (((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 0.166_666_65)
@@ -59,7 +65,8 @@ pub fn exp(x: f32) -> f32 {
         * (r * r)
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // t's bits are SHIFT's plus n, so 2^n's exponent field is n + 127.
+    p * f32::from_bits(t.to_bits().wrapping_sub(SHIFT.to_bits() - 127) << 23)
 }
 
 /// 1 / (1 + e^−z).
@@ -71,6 +78,42 @@ pub fn sigmoid(z: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same polynomial with n from `round_ties_even` and a cast, as first written.
+    fn exp_with_cast(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+        let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+        let p = (((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+            * r
+            + 0.166_666_65)
+            * r
+            + 0.5)
+            * (r * r)
+            + r
+            + 1.0;
+        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[test]
+    fn exp_rounds_n_as_round_ties_even_does() {
+        // Every f32 in [−100, 100] at a stride of 31 steps of the bit pattern, plus the
+        // half-integer multiples of ln 2 where ties are decided.
+        let mut xs: Vec<f32> = Vec::new();
+        for (lo, hi) in [(0f32, 100f32), (-100.0, -0.0)] {
+            let (a, b) = (lo.abs().to_bits(), hi.abs().to_bits());
+            let sign = if lo < 0.0 { -1.0 } else { 1.0 };
+            xs.extend(
+                (a.min(b)..a.max(b))
+                    .step_by(31)
+                    .map(|u| sign * f32::from_bits(u)),
+            );
+        }
+        xs.extend((-260..260).map(|k| k as f32 * 0.5 / std::f32::consts::LOG2_E));
+        for x in xs {
+            assert_eq!(exp(x).to_bits(), exp_with_cast(x).to_bits(), "x = {x:e}");
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_std() {
