@@ -75,6 +75,112 @@ pub fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp(-z))
 }
 
+/// Copies a `rows × cols` block (each ≤ 16) from row-major `src` (row stride `src_stride`)
+/// into `dst` transposed (row stride `dst_stride`): `dst[j·dst_stride + i] = src[i·src_stride + j]`.
+/// With AVX-512 the block is moved through sixteen registers and transposed with shuffles
+/// (unpack, in-lane shuffle, two 128-bit-lane shuffles), which is what turns NCHW into NHWC
+/// at memory speed; elsewhere it is the scalar loop.
+///
+/// # Panics
+/// If a row or column is outside `src` or `dst`.
+#[inline]
+pub fn transpose_block(
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    assert!(rows <= 16 && cols <= 16, "transpose_block: block over 16");
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        (rows - 1) * src_stride + cols <= src.len(),
+        "transpose_block: source too short"
+    );
+    assert!(
+        (cols - 1) * dst_stride + rows <= dst.len(),
+        "transpose_block: destination too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F is present, and the asserts keep every masked access in bounds.
+        unsafe { transpose_block_avx512(src, src_stride, rows, cols, dst, dst_stride) };
+        return;
+    }
+    transpose_block_scalar(src, src_stride, rows, cols, dst, dst_stride);
+}
+
+fn transpose_block_scalar(
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_block_avx512(
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let load_mask: __mmask16 = ((1u32 << cols) - 1) as __mmask16;
+    let store_mask: __mmask16 = ((1u32 << rows) - 1) as __mmask16;
+    let zero = _mm512_setzero_ps();
+    // SAFETY (loads and stores below): row i < rows reads `cols` floats at i·src_stride,
+    // column j < cols writes `rows` floats at j·dst_stride, both checked by the caller.
+    let r: [__m512; 16] = std::array::from_fn(|i| {
+        if i < rows {
+            unsafe { _mm512_maskz_loadu_ps(load_mask, src.as_ptr().add(i * src_stride)) }
+        } else {
+            zero
+        }
+    });
+    // Pairs of rows interleaved, then pairs of pairs, then 128-bit lanes twice.
+    let mut t = [zero; 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    let mut u = [zero; 16];
+    for k in 0..4 {
+        let b = 4 * k;
+        u[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+        u[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+        u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+        u[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+    }
+    for h in 0..2 {
+        let b = 8 * h;
+        for k in 0..4 {
+            t[b + k] = _mm512_shuffle_f32x4::<0x88>(u[b + k], u[b + k + 4]);
+            t[b + k + 4] = _mm512_shuffle_f32x4::<0xDD>(u[b + k], u[b + k + 4]);
+        }
+    }
+    for k in 0..8 {
+        u[k] = _mm512_shuffle_f32x4::<0x88>(t[k], t[k + 8]);
+        u[k + 8] = _mm512_shuffle_f32x4::<0xDD>(t[k], t[k + 8]);
+    }
+    for (j, v) in u.iter().enumerate().take(cols) {
+        unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(j * dst_stride), store_mask, *v) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +199,32 @@ mod tests {
             + r
             + 1.0;
         p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[test]
+    fn transpose_block_moves_every_element_and_nothing_else() {
+        let src: Vec<f32> = (0..40 * 20).map(|v| v as f32).collect();
+        for (rows, cols) in [(16, 16), (16, 12), (7, 16), (1, 1), (3, 5), (16, 1), (0, 4)] {
+            let (ss, ds) = (20, 24);
+            let mut dst = vec![-1f32; 17 * ds];
+            transpose_block(&src[3..], ss, rows, cols, &mut dst, ds);
+            let mut scalar = vec![-1f32; 17 * ds];
+            transpose_block_scalar(&src[3..], ss, rows, cols, &mut scalar, ds);
+            assert_eq!(
+                dst, scalar,
+                "{rows}×{cols}: fast path against the scalar loop"
+            );
+            for j in 0..17 {
+                for i in 0..ds {
+                    let want = if i < rows && j < cols {
+                        src[3 + i * ss + j]
+                    } else {
+                        -1.0
+                    };
+                    assert_eq!(dst[j * ds + i], want, "{rows}×{cols} at ({j}, {i})");
+                }
+            }
+        }
     }
 
     #[test]
