@@ -22,7 +22,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::conv::{ConvGeom, matmul};
-use super::simd::multiversion;
+use super::simd::{multiversion, transpose_block};
 use rayon::prelude::*;
 
 /// Side of the transformed tile: 4 outputs + 3 − 1.
@@ -187,24 +187,32 @@ impl Grid {
     }
 }
 
-multiversion! {
 /// Copies `imgs` NCHW images into the interior of NHWC planes `[img][hp][wp][C]`. The border
-/// is never written: `xp` comes zeroed and keeps one layout per convolution, so it stays zero.
+/// is not written here ([`zero_border`]). Each image row moves as 16-channel × 16-pixel blocks transposed in registers
+/// ([`transpose_block`]): contiguous reads and writes instead of a write every C floats.
 fn pad_nhwc(g: &ConvGeom, grid: Grid, x: &[f32], xp: &mut [f32]) {
     let c = g.c_in;
+    let plane = g.h * g.w;
     let imgs = x.len() / g.in_len();
     for i in 0..imgs {
-        for ci in 0..c {
-            for iy in 0..g.h {
-                let src = &x[((i * c + ci) * g.h + iy) * g.w..][..g.w];
-                let row = ((i * grid.hp + iy + g.pad[0]) * grid.wp + g.pad[1]) * c + ci;
-                for (ix, v) in src.iter().enumerate() {
-                    xp[row + ix * c] = *v;
+        let img = &x[i * g.in_len()..][..g.in_len()];
+        for iy in 0..g.h {
+            let row = ((i * grid.hp + iy + g.pad[0]) * grid.wp + g.pad[1]) * c;
+            let dst = &mut xp[row..][..g.w * c];
+            for c0 in (0..c).step_by(LANES) {
+                for ix0 in (0..g.w).step_by(LANES) {
+                    transpose_block(
+                        &img[(c0 * g.h + iy) * g.w + ix0..],
+                        plane,
+                        LANES.min(c - c0),
+                        LANES.min(g.w - ix0),
+                        &mut dst[ix0 * c + c0..],
+                        c,
+                    );
                 }
             }
         }
     }
-}
 }
 
 multiversion! {
@@ -317,12 +325,59 @@ fn output_transform(g: &ConvGeom, grid: Grid, imgs: usize, m: &[f32], bias: Opti
 }
 }
 
-/// Scratch of one task, reused across its images.
+/// Scratch of one task: padded input, transformed input, products.
 #[derive(Default)]
 struct Work {
     xp: Vec<f32>,
     v: Vec<f32>,
     m: Vec<f32>,
+}
+
+thread_local! {
+    /// Each thread's scratch, kept between convolutions: fresh buffers of this size cost a
+    /// page fault per 4 KiB and a full zero fill, as much time as the transforms themselves.
+    static WORK: std::cell::RefCell<Work> = std::cell::RefCell::default();
+}
+
+thread_local! {
+    /// The weight gradient's transformed inputs and output gradients, `(V, dM)`.
+    static GRAD_WORK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::default();
+}
+
+/// Runs `f` with this thread's scratch. The scratch is taken out while `f` runs, so a task
+/// that rayon starts on this thread while `f` waits inside a parallel GEMM gets fresh buffers
+/// instead of a second borrow.
+fn with_work<R>(f: impl FnOnce(&mut Work) -> R) -> R {
+    let mut work = WORK.with_borrow_mut(std::mem::take);
+    let r = f(&mut work);
+    WORK.with_borrow_mut(|w| *w = work);
+    r
+}
+
+/// The first `n` values of `buf`, grown if needed; their contents are whatever was there.
+fn scratch(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
+}
+
+/// Zeroes the padding of `imgs` NHWC planes that [`pad_nhwc`] fills: the rows above and below
+/// the image and the columns left and right of it (the planes are reused across shapes).
+fn zero_border(g: &ConvGeom, grid: Grid, imgs: usize, xp: &mut [f32]) {
+    let c = g.c_in;
+    let row_len = grid.wp * c;
+    let (top, left) = (g.pad[0], g.pad[1]);
+    for plane in xp.chunks_exact_mut(grid.hp * row_len).take(imgs) {
+        for (r, row) in plane.chunks_exact_mut(row_len).enumerate() {
+            if r < top || r >= top + g.h {
+                row.fill(0.0);
+            } else {
+                row[..left * c].fill(0.0);
+                row[(left + g.w) * c..].fill(0.0);
+            }
+        }
+    }
 }
 
 /// `y = conv(x, w) + bias` for a stride-1 3×3 convolution ([`applies`]), NCHW, with the
@@ -347,32 +402,35 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
     let (ci, co) = (g.c_in, g.c_out);
     y.par_chunks_mut(per_task * out_len)
         .enumerate()
-        .for_each_init(Work::default, |work, (task, y_chunk)| {
-            let imgs = y_chunk.len() / out_len;
-            let x_chunk = &x[task * per_task * g.in_len()..][..imgs * g.in_len()];
-            let tiles = imgs * grid.tiles();
-            work.xp.resize(imgs * grid.hp * grid.wp * ci, 0.0);
-            pad_nhwc(g, grid, x_chunk, &mut work.xp);
-            work.v.resize(tiles * XI * ci, 0.0);
-            input_transform(g, grid, imgs, &work.xp, &mut work.v);
-            work.m.resize(tiles * XI * co, 0.0);
-            for xi in 0..XI {
-                // M_ξ [C_out × tiles] = U_ξ [C_out × C_in] · V_ξ [C_in × tiles]
-                matmul(
-                    co,
-                    tiles,
-                    ci,
-                    &mut work.m[xi * co..],
-                    (1, XI * co),
-                    false,
-                    &u[xi * ci..],
-                    (XI * ci, 1),
-                    &work.v[xi * ci..],
-                    (1, XI * ci),
-                    par,
-                );
-            }
-            output_transform(g, grid, imgs, &work.m, bias, y_chunk);
+        .for_each(|(task, y_chunk)| {
+            with_work(|work| {
+                let imgs = y_chunk.len() / out_len;
+                let x_chunk = &x[task * per_task * g.in_len()..][..imgs * g.in_len()];
+                let tiles = imgs * grid.tiles();
+                let xp = scratch(&mut work.xp, imgs * grid.hp * grid.wp * ci);
+                zero_border(g, grid, imgs, xp);
+                pad_nhwc(g, grid, x_chunk, xp);
+                let v = scratch(&mut work.v, tiles * XI * ci);
+                input_transform(g, grid, imgs, xp, v);
+                let m = scratch(&mut work.m, tiles * XI * co);
+                for xi in 0..XI {
+                    // M_ξ [C_out × tiles] = U_ξ [C_out × C_in] · V_ξ [C_in × tiles]
+                    matmul(
+                        co,
+                        tiles,
+                        ci,
+                        &mut m[xi * co..],
+                        (1, XI * co),
+                        false,
+                        &u[xi * ci..],
+                        (XI * ci, 1),
+                        &v[xi * ci..],
+                        (1, XI * ci),
+                        par,
+                    );
+                }
+                output_transform(g, grid, imgs, m, bias, y_chunk);
+            })
         });
     y
 }
@@ -476,16 +534,22 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let grid = Grid::of(g);
     let per_task = target_tiles(g).div_ceil(grid.tiles()).max(1);
     let tiles = g.batch * grid.tiles();
-    let mut v = vec![0f32; tiles * XI * ci];
+    // V and dM of the whole batch live in this thread's scratch between calls (see [`WORK`]).
+    let mut bufs = GRAD_WORK.with_borrow_mut(std::mem::take);
+    let (v_buf, dm_buf) = &mut bufs;
+    let v = scratch(v_buf, tiles * XI * ci);
     v.par_chunks_mut(per_task * grid.tiles() * XI * ci)
         .zip(x.par_chunks(per_task * g.in_len()))
-        .for_each_init(Vec::new, |xp, (v_chunk, x_chunk)| {
-            let imgs = x_chunk.len() / g.in_len();
-            xp.resize(imgs * grid.hp * grid.wp * ci, 0.0);
-            pad_nhwc(g, grid, x_chunk, xp);
-            input_transform(g, grid, imgs, xp, v_chunk);
+        .for_each(|(v_chunk, x_chunk)| {
+            with_work(|work| {
+                let imgs = x_chunk.len() / g.in_len();
+                let xp = scratch(&mut work.xp, imgs * grid.hp * grid.wp * ci);
+                zero_border(g, grid, imgs, xp);
+                pad_nhwc(g, grid, x_chunk, xp);
+                input_transform(g, grid, imgs, xp, v_chunk);
+            })
         });
-    let mut dm = vec![0f32; tiles * XI * co];
+    let dm = scratch(dm_buf, tiles * XI * co);
     dm.par_chunks_mut(per_task * grid.tiles() * XI * co)
         .zip(dy.par_chunks(per_task * out_len))
         .for_each(|(dm_chunk, dy_chunk)| {
@@ -510,6 +574,7 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 false,
             );
         });
+    GRAD_WORK.with_borrow_mut(|w| *w = bufs);
     dw.par_chunks_mut(ci * 9)
         .enumerate()
         .for_each(|(o, dw_co)| {
