@@ -1120,7 +1120,7 @@ mod tests {
     }
 
     /// Winograd F(4×4, 3×3) against the definition on every 3×3 stride-1 shape above, plus
-    /// wider ones whose channel counts leave partial vector blocks (17, 33) and several tasks;
+    /// wider ones whose channel counts leave partial vector blocks (17, 33, 70) and several tasks;
     /// its gradients against the GEMM route's.
     #[test]
     fn winograd_matches_the_definition_and_the_gemm_gradients() {
@@ -1140,6 +1140,10 @@ mod tests {
         shapes.push(g(5, 17, 9, 13, 33, [1, 1, 1, 1]));
         shapes.push(g(3, 16, 8, 8, 16, [2, 0, 1, 2]));
         shapes.push(g(70, 2, 3, 3, 3, [1, 1, 1, 1]));
+        // 64 + 6 output channels (the product kernel's widest block and a masked one), tile
+        // counts that are not multiples of its tile blocks, one image split across threads.
+        shapes.push(g(2, 5, 6, 10, 70, [1, 1, 1, 1]));
+        shapes.push(g(1, 8, 28, 28, 70, [1, 1, 1, 1]));
         assert!(shapes.len() >= 7, "{}", shapes.len());
         for (i, g) in shapes.iter().enumerate() {
             let x = lcg(g.batch * g.in_len(), 700 + i as u64);

@@ -400,6 +400,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
     // (The GEMM splits its columns and rows, never a sum, so the bits stay the same.)
     let par = g.batch.div_ceil(per_task) < 2 * rayon::current_num_threads();
     let (ci, co) = (g.c_in, g.c_out);
+    let packed = products_kernel().then(|| pack_for_products(u, co, ci));
     y.par_chunks_mut(per_task * out_len)
         .enumerate()
         .for_each(|(task, y_chunk)| {
@@ -413,26 +414,219 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
                 let v = scratch(&mut work.v, tiles * XI * ci);
                 input_transform(g, grid, imgs, xp, v);
                 let m = scratch(&mut work.m, tiles * XI * co);
-                for xi in 0..XI {
-                    // M_ξ [C_out × tiles] = U_ξ [C_out × C_in] · V_ξ [C_in × tiles]
-                    matmul(
-                        co,
-                        tiles,
-                        ci,
-                        &mut m[xi * co..],
-                        (1, XI * co),
-                        false,
-                        &u[xi * ci..],
-                        (XI * ci, 1),
-                        &v[xi * ci..],
-                        (1, XI * ci),
-                        par,
-                    );
-                }
+                products(co, ci, tiles, u, packed.as_deref(), v, m, par);
                 output_transform(g, grid, imgs, m, bias, y_chunk);
             })
         });
     y
+}
+
+/// Whether [`products`] runs this module's AVX-512 kernel (else the GEMM crate's).
+fn products_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Output channels rounded up to whole vectors.
+fn padded(co: usize) -> usize {
+    co.div_ceil(LANES) * LANES
+}
+
+/// `u[C_out][ξ][C_in]` (from [`transform_weights`]) as `[ξ][C_in][C_out padded to 16]`, the
+/// rows [`products`]' kernel loads whole (zeros past `C_out`).
+fn pack_for_products(u: &[f32], co: usize, ci: usize) -> Vec<f32> {
+    let cp = padded(co);
+    let mut p = vec![0f32; XI * ci * cp];
+    for o in 0..co {
+        for xi in 0..XI {
+            for i in 0..ci {
+                p[(xi * ci + i) * cp + o] = u[(o * XI + xi) * ci + i];
+            }
+        }
+    }
+    p
+}
+
+/// The 36 products `M_ξ = U_ξ · V_ξ` of one task: `m[tile][ξ][C_out]` from `u[C_out][ξ][C_in]`
+/// (or its [`pack_for_products`] form) and `v[tile][ξ][C_in]`.
+///
+/// With AVX-512, a kernel of this module computes them straight from these layouts: the
+/// transformed tiles are already rows of the left operand (`M_ξᵀ = V_ξᵀ U_ξᵀ`, C_in contiguous)
+/// and the packed weights rows of the right, so nothing is repacked per call, which a general
+/// GEMM does for each of the 36 products. Every output is one sum over C_in in order, so the
+/// bits do not depend on how tiles are split across threads. Elsewhere: the GEMM crate.
+#[allow(clippy::too_many_arguments)]
+fn products(
+    co: usize,
+    ci: usize,
+    tiles: usize,
+    u: &[f32],
+    packed: Option<&[f32]>,
+    v: &[f32],
+    m: &mut [f32],
+    par: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(up) = packed {
+        assert_eq!(
+            up.len(),
+            XI * ci * padded(co),
+            "winograd: packed weight size"
+        );
+        assert!(v.len() >= tiles * XI * ci && m.len() >= tiles * XI * co);
+        // Chunks of tiles are independent (disjoint rows of M); split when the caller's tasks
+        // are too few to keep the threads busy.
+        let chunk = if par {
+            tiles.div_ceil(4 * rayon::current_num_threads()).max(24)
+        } else {
+            tiles
+        }
+        .max(1);
+        let run = |(mc, vc): (&mut [f32], &[f32])| {
+            let t = mc.len() / (XI * co);
+            // SAFETY: AVX-512F is present (`packed` is only built then), and the chunk holds
+            // `t` whole tiles of both `m` and `v`.
+            unsafe { products_avx512(co, ci, t, up, vc, mc) }
+        };
+        let (mc, vc) = (&mut m[..tiles * XI * co], &v[..tiles * XI * ci]);
+        if par && tiles > chunk {
+            mc.par_chunks_mut(chunk * XI * co)
+                .zip(vc.par_chunks(chunk * XI * ci))
+                .for_each(run);
+        } else {
+            run((mc, vc));
+        }
+        return;
+    }
+    let _ = packed;
+    for xi in 0..XI {
+        // M_ξ [C_out × tiles] = U_ξ [C_out × C_in] · V_ξ [C_in × tiles]
+        matmul(
+            co,
+            tiles,
+            ci,
+            &mut m[xi * co..],
+            (1, XI * co),
+            false,
+            &u[xi * ci..],
+            (XI * ci, 1),
+            &v[xi * ci..],
+            (1, XI * ci),
+            par,
+        );
+    }
+}
+
+/// [`products`]' kernel over `tiles` tiles: for each ξ, blocks of up to 64 output channels
+/// (4 registers) times a few tiles, accumulated in registers over C_in.
+///
+/// # Safety
+/// AVX-512F must be present; `up` is `[ξ][ci][padded(co)]`, `v` holds `tiles·36·ci` values and
+/// `m` `tiles·36·co`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn products_avx512(
+    co: usize,
+    ci: usize,
+    tiles: usize,
+    up: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+) {
+    let cp = padded(co);
+    for xi in 0..XI {
+        let u_xi = &up[xi * ci * cp..][..ci * cp];
+        let mut c0 = 0;
+        while c0 < co {
+            let left = co - c0;
+            // SAFETY: as the caller promised, for channels c0.. of this ξ.
+            unsafe {
+                if left > 48 {
+                    product_block::<4, 6>(co, ci, tiles, xi, c0, u_xi, v, m);
+                    c0 += 64;
+                } else if left > 32 {
+                    product_block::<3, 8>(co, ci, tiles, xi, c0, u_xi, v, m);
+                    c0 += 48;
+                } else if left > 16 {
+                    product_block::<2, 12>(co, ci, tiles, xi, c0, u_xi, v, m);
+                    c0 += 32;
+                } else {
+                    product_block::<1, 16>(co, ci, tiles, xi, c0, u_xi, v, m);
+                    c0 += 16;
+                }
+            }
+        }
+    }
+}
+
+/// `NB` vectors of output channels from `c0` (the last one masked at C_out) for every tile, `TB`
+/// tiles at a time, with `NB·TB` accumulators in registers.
+///
+/// # Safety
+/// As [`products_avx512`], and `c0 + 16·NB ≤ padded(co)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_block<const NB: usize, const TB: usize>(
+    co: usize,
+    ci: usize,
+    tiles: usize,
+    xi: usize,
+    c0: usize,
+    u_xi: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let cp = padded(co);
+    debug_assert!(c0 + LANES * NB <= cp && u_xi.len() == ci * cp);
+    debug_assert!(v.len() >= tiles * XI * ci && m.len() >= tiles * XI * co);
+    let masks: [__mmask16; NB] = std::array::from_fn(|j| {
+        let n = co.saturating_sub(c0 + LANES * j).min(LANES);
+        ((1u32 << n) - 1) as __mmask16
+    });
+    for t0 in (0..tiles).step_by(TB) {
+        // Past the last tile, the rows repeat it; their sums are not stored.
+        let rows: [*const f32; TB] = std::array::from_fn(|t| {
+            let tile = (t0 + t).min(tiles - 1);
+            // SAFETY: inside `v`, which holds `tiles` tiles.
+            unsafe { v.as_ptr().add((tile * XI + xi) * ci) }
+        });
+        let mut acc = [[_mm512_setzero_ps(); NB]; TB];
+        for k in 0..ci {
+            // SAFETY: row k of U_ξ has cp ≥ c0 + 16·NB values; rows[t] has ci values.
+            let w: [__m512; NB] = std::array::from_fn(|j| unsafe {
+                _mm512_loadu_ps(u_xi.as_ptr().add(k * cp + c0 + LANES * j))
+            });
+            for t in 0..TB {
+                let b = _mm512_set1_ps(unsafe { *rows[t].add(k) });
+                for j in 0..NB {
+                    acc[t][j] = _mm512_fmadd_ps(w[j], b, acc[t][j]);
+                }
+            }
+        }
+        for (t, acc_t) in acc.iter().enumerate().take(tiles - t0) {
+            let row = ((t0 + t) * XI + xi) * co + c0;
+            for j in 0..NB {
+                if masks[j] != 0 {
+                    // SAFETY: the mask keeps the store inside this tile's C_out values.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            m.as_mut_ptr().add(row + LANES * j),
+                            masks[j],
+                            acc_t[j],
+                        )
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// `A dy` for one column of a 4×4 output-gradient tile: the adjoint of [`at`].
