@@ -106,18 +106,24 @@ pub fn machine_key() -> String {
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_else(|| "?".into())
     };
-    // The algorithm list is part of the key: choices made before Winograd existed did not
-    // measure it, so they are not reused.
+    // The algorithm list and the kernels' revision are part of the key: choices measured
+    // before Winograd existed, or before a kernel got faster, are not reused.
     format!(
-        "{} (family {}, model {}, stepping {}), avx512 {}, {} threads, gemm/direct/winograd",
+        "{} (family {}, model {}, stepping {}), avx512 {}, {} threads, gemm/direct/winograd r{}",
         field("model name"),
         field("cpu family"),
         field("model"),
         field("stepping"),
         super::direct::available(),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        KERNEL_REVISION
     )
 }
+
+/// Raised whenever a kernel's speed changes enough to move choices, so that cached choices
+/// are measured again. 2: the Winograd products kernel, register-transposed padding and
+/// vectorised GroupNorm.
+const KERNEL_REVISION: u32 = 2;
 
 /// Turns measuring on for [`KernelPolicy::Auto`](super::KernelPolicy::Auto), with choices
 /// kept in `cache` (a JSON file, created when missing) across processes on this machine.

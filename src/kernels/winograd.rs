@@ -35,10 +35,13 @@ const TILE: usize = 4;
 const LANES: usize = 16;
 /// Tiles per task for `g`. Each task reads all of U (C_out·C_in·36 values) once per product
 /// and does work in proportion to tiles·(C_in + C_out) in the transforms, so wider layers need
-/// more tiles per task to amortise U; narrow ones fewer, so that a task's tiles stay in L2.
-/// Measured on small28's and cifar10's layers (BENCHMARKS.md): 64 to 512 by C_in + C_out.
+/// more tiles per task to amortise U; narrow ones fewer, so that a task's V and M stay in L2.
+/// With the GEMM crate, which repacks U for every product, 64 to 512 by C_in + C_out; with
+/// [`products`]' own kernel, which reads U in place, a quarter of that, 16 to 128 (both
+/// measured on small28's and cifar10's layers, BENCHMARKS.md).
 fn target_tiles(g: &ConvGeom) -> usize {
-    (g.c_in + g.c_out).clamp(64, 512)
+    let t = (g.c_in + g.c_out).clamp(64, 512);
+    if products_kernel() { t / 4 } else { t }
 }
 
 /// Whether F(4×4, 3×3) computes `g`: 3×3 kernel, stride 1 (any padding).
