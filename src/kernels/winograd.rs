@@ -343,8 +343,11 @@ thread_local! {
 }
 
 thread_local! {
-    /// The weight gradient's transformed inputs and output gradients, `(V, dM)`.
-    static GRAD_WORK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::default();
+    /// The weight gradient's transformed inputs, output gradients and products, `(V, dM, dU)`.
+    static GRAD_WORK: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        std::cell::RefCell::default();
+    /// The forward pass's packed weights ([`pack_for_products`]).
+    static PACKED: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
 }
 
 /// Runs `f` with this thread's scratch. The scratch is taken out while `f` runs, so a task
@@ -403,7 +406,8 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
     // (The GEMM splits its columns and rows, never a sum, so the bits stay the same.)
     let par = g.batch.div_ceil(per_task) < 2 * rayon::current_num_threads();
     let (ci, co) = (g.c_in, g.c_out);
-    let packed = products_kernel().then(|| pack_for_products(u, co, ci));
+    let mut packed_buf = PACKED.with_borrow_mut(std::mem::take);
+    let packed = products_kernel().then(|| pack_for_products(u, co, ci, &mut packed_buf));
     y.par_chunks_mut(per_task * out_len)
         .enumerate()
         .for_each(|(task, y_chunk)| {
@@ -417,10 +421,11 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
                 let v = scratch(&mut work.v, tiles * XI * ci);
                 input_transform(g, grid, imgs, xp, v);
                 let m = scratch(&mut work.m, tiles * XI * co);
-                products(co, ci, tiles, u, packed.as_deref(), v, m, par);
+                products(co, ci, tiles, u, packed, v, m, par);
                 output_transform(g, grid, imgs, m, bias, y_chunk);
             })
         });
+    PACKED.with_borrow_mut(|p| *p = packed_buf);
     y
 }
 
@@ -442,17 +447,30 @@ fn padded(co: usize) -> usize {
 }
 
 /// `u[C_out][ξ][C_in]` (from [`transform_weights`]) as `[ξ][C_in][C_out padded to 16]`, the
-/// rows [`products`]' kernel loads whole (zeros past `C_out`).
-fn pack_for_products(u: &[f32], co: usize, ci: usize) -> Vec<f32> {
+/// rows [`products`]' kernel loads whole (zeros past `C_out`), in `buf`.
+fn pack_for_products<'a>(u: &[f32], co: usize, ci: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
     let cp = padded(co);
-    let mut p = vec![0f32; XI * ci * cp];
-    for o in 0..co {
-        for xi in 0..XI {
-            for i in 0..ci {
-                p[(xi * ci + i) * cp + o] = u[(o * XI + xi) * ci + i];
-            }
-        }
+    let p = scratch(buf, XI * ci * cp);
+    if cp != co {
+        p.fill(0.0);
     }
+    // U_ξ is [C_out][C_in] with row stride 36·C_in in `u`; each ξ transposed in 16×16 blocks.
+    p.par_chunks_mut(ci * cp)
+        .enumerate()
+        .for_each(|(xi, p_xi)| {
+            for o0 in (0..co).step_by(LANES) {
+                for i0 in (0..ci).step_by(LANES) {
+                    transpose_block(
+                        &u[(o0 * XI + xi) * ci + i0..],
+                        XI * ci,
+                        LANES.min(co - o0),
+                        LANES.min(ci - i0),
+                        &mut p_xi[i0 * cp + o0..],
+                        cp,
+                    );
+                }
+            }
+        });
     p
 }
 
@@ -733,7 +751,7 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let tiles = g.batch * grid.tiles();
     // V and dM of the whole batch live in this thread's scratch between calls (see [`WORK`]).
     let mut bufs = GRAD_WORK.with_borrow_mut(std::mem::take);
-    let (v_buf, dm_buf) = &mut bufs;
+    let (v_buf, dm_buf, du_buf) = &mut bufs;
     let v = scratch(v_buf, tiles * XI * ci);
     v.par_chunks_mut(per_task * grid.tiles() * XI * ci)
         .zip(x.par_chunks(per_task * g.in_len()))
@@ -753,7 +771,7 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             grad_output_transform(g, grid, dy_chunk.len() / out_len, dy_chunk, dm_chunk);
         });
     // dU_ξ = dM_ξ [C_out × tiles] · V_ξᵀ [tiles × C_in], as [ξ][C_out][C_in].
-    let mut du = vec![0f32; XI * co * ci];
+    let du = scratch(du_buf, XI * co * ci);
     du.par_chunks_mut(co * ci)
         .enumerate()
         .for_each(|(xi, du_xi)| {
@@ -771,7 +789,6 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 false,
             );
         });
-    GRAD_WORK.with_borrow_mut(|w| *w = bufs);
     dw.par_chunks_mut(ci * 9)
         .enumerate()
         .for_each(|(o, dw_co)| {
@@ -793,6 +810,7 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 }
             }
         });
+    GRAD_WORK.with_borrow_mut(|w| *w = bufs);
     dw
 }
 
