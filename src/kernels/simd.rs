@@ -130,6 +130,7 @@ fn transpose_block_scalar(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn transpose_block_avx512(
     src: &[f32],
     src_stride: usize,

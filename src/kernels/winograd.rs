@@ -300,14 +300,18 @@ fn output_transform(g: &ConvGeom, grid: Grid, imgs: usize, m: &[f32], bias: Opti
                             }
                         }
                     }
+                    // Outputs by position (lanes = channels), then turned into one 4×4 tile per
+                    // channel by a register transpose (a strided write here compiles to scatters).
+                    let mut pos = [[0f32; LANES]; TILE * TILE];
                     for r in 0..TILE {
                         for l in 0..LANES {
                             let row = at([t[r][0][l], t[r][1][l], t[r][2][l], t[r][3][l], t[r][4][l], t[r][5][l]]);
                             for s in 0..TILE {
-                                out[l][r * TILE + s] = row[s] + b[l];
+                                pos[r * TILE + s][l] = row[s] + b[l];
                             }
                         }
                     }
+                    transpose_block(pos.as_flattened(), LANES, TILE * TILE, n, out.as_flattened_mut(), TILE * TILE);
                     for (l, o) in out.iter().enumerate().take(n) {
                         let plane = &mut y[(i * co + c0 + l) * oh * ow..][..oh * ow];
                         for r in 0..rows {
