@@ -15,8 +15,8 @@
 //! tiles are stored `[tile][ξ][channel]` and the products `[tile][ξ][C_out]`, so one tile's
 //! data is contiguous in both. Images are grouped so that each task holds about
 //! [`target_tiles`] tiles, and each task runs its 36 products on one thread (over all of them
-//! when there are too few tasks): the grouping depends only on the shape, so the result does
-//! not depend on the number of threads.
+//! when there are too few tasks). No sum is split between tasks or threads, so the result does
+//! not depend on the grouping or on the number of threads.
 
 // Index loops over the tile's rows and columns mirror the matrix formulas they compute.
 #![allow(clippy::needless_range_loop)]
@@ -42,6 +42,21 @@ const LANES: usize = 16;
 fn target_tiles(g: &ConvGeom) -> usize {
     let t = (g.c_in + g.c_out).clamp(64, 512);
     if products_kernel() { t / 4 } else { t }
+}
+
+/// Images per task: [`target_tiles`] worth, but with the products kernel at most a share of
+/// the batch that gives each thread two tasks, so that layers with few tiles per image (8×8
+/// and below) still run their transforms on every thread. Each output of the products is one
+/// sum in a fixed order wherever its tile lands, so the grouping does not change any bit.
+fn tasks_of(g: &ConvGeom, grid: Grid) -> usize {
+    let per_task = target_tiles(g).div_ceil(grid.tiles()).max(1);
+    if products_kernel() {
+        per_task
+            .min(g.batch.div_ceil(2 * rayon::current_num_threads()))
+            .max(1)
+    } else {
+        per_task
+    }
 }
 
 /// Whether F(4×4, 3×3) computes `g`: 3×3 kernel, stride 1 (any padding).
@@ -405,9 +420,9 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
     if y.is_empty() {
         return y;
     }
-    let per_task = target_tiles(g).div_ceil(grid.tiles()).max(1);
+    let per_task = tasks_of(g, grid);
     // Too few tasks to keep the threads busy: each task's products then spread over them.
-    // (The GEMM splits its columns and rows, never a sum, so the bits stay the same.)
+    // (Both product routes split tiles or channels, never a sum, so the bits stay the same.)
     let par = g.batch.div_ceil(per_task) < 2 * rayon::current_num_threads();
     let (ci, co) = (g.c_in, g.c_out);
     let mut packed_buf = PACKED.with_borrow_mut(std::mem::take);
@@ -751,7 +766,7 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         return dw;
     }
     let grid = Grid::of(g);
-    let per_task = target_tiles(g).div_ceil(grid.tiles()).max(1);
+    let per_task = tasks_of(g, grid);
     let tiles = g.batch * grid.tiles();
     // V and dM of the whole batch live in this thread's scratch between calls (see [`WORK`]).
     let mut bufs = GRAD_WORK.with_borrow_mut(std::mem::take);
