@@ -283,3 +283,38 @@ mod tests {
         }
     }
 }
+
+/// Serialises the draws from the device's random generator.
+///
+/// burn's backends keep one random generator per device for the whole process: a model's
+/// initial weights and the dropout keys are drawn from it after `Device::seed`. Two threads
+/// that draw at the same time (two training runs in one process, as a library user or the
+/// test harness may start) would interleave their draws, and a seeded run would not get the
+/// weights its seed promises. Every model initialisation and every seed-then-draw in this
+/// crate holds this guard throughout. It is re-entrant on one thread (a seeded initialisation
+/// holds it and then initialises), released when the outermost guard drops.
+pub fn rng_guard() -> RngGuard {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if HELD.with(|h| h.get()) {
+        return RngGuard(None);
+    }
+    // A panic while holding it leaves no state behind to repair.
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    HELD.with(|h| h.set(true));
+    RngGuard(Some(guard))
+}
+
+thread_local! {
+    static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Holds the device generator for this thread ([`rng_guard`]).
+pub struct RngGuard(Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for RngGuard {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HELD.with(|h| h.set(false));
+        }
+    }
+}

@@ -73,6 +73,12 @@ pub fn layout<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     c.out.into_iter().map(|p| (p.name, p.shape)).collect()
 }
 
+/// Initialises every lazily initialised parameter of `module` now, in visiting order (the
+/// order in which [`collect`] would have drawn them).
+pub fn materialize<M: Module>(module: &M) {
+    let _ = layout(module);
+}
+
 /// Number of scalar parameters.
 pub fn count<M: Module>(module: &M) -> usize {
     layout(module)

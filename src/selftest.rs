@@ -280,9 +280,13 @@ pub fn diffusers_fixture_config() -> UNetConfig {
 /// depends on every layer.
 fn seeded_weights(config: &UNetConfig, seed: u64) -> Vec<Vec<f32>> {
     let cpu = Device::flex();
-    cpu.seed(seed);
+    let init = {
+        let _rng = crate::device::rng_guard();
+        cpu.seed(seed);
+        config.init(&cpu)
+    };
     let mut rng = StdRng::seed_from_u64(seed);
-    crate::params::collect(&config.init(&cpu))
+    crate::params::collect(&init)
         .into_iter()
         .map(|p| {
             let n = p.values.len() as f64;

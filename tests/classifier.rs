@@ -14,12 +14,15 @@ use ddpm::train::{OptimConfig, TrainConfig};
 #[test]
 fn guidance_gradient_matches_finite_differences() {
     let device = Device::flex();
-    device.seed(1);
     let cfg = ClassifierConfig {
         backbone: UNetConfig::tiny(8, 1),
         num_classes: 3,
     };
-    let model = cfg.init(&device);
+    let model = {
+        let _rng = ddpm::device::rng_guard();
+        device.seed(1);
+        cfg.init(&device)
+    };
     // Random weights everywhere (the head starts at zero, which would make ∇ log p vanish).
     let mut noise = NoiseSource::new(2);
     let values: Vec<Vec<f32>> = params::collect(&model)

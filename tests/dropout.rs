@@ -22,6 +22,7 @@ fn dropout_follows_the_device_seed_and_backpropagates_its_mask() {
         .detach()
         .require_grad();
     let draw = |seed| {
+        let _rng = ddpm::device::rng_guard();
         device.seed(seed);
         ddpm::kernels::dropout(x.clone(), p)
     };

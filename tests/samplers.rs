@@ -162,8 +162,11 @@ fn same_seed_gives_identical_unet_samples() {
     use ddpm::model::UNetConfig;
     use ddpm::sampling::{Ddim, Spacing, timestep_subsequence};
     let device = Device::flex();
-    device.seed(3);
-    let model = UNetConfig::tiny(8, 1).init(&device);
+    let model = {
+        let _rng = ddpm::device::rng_guard();
+        device.seed(3);
+        UNetConfig::tiny(8, 1).init(&device)
+    };
     let d = GaussianDiffusion::new(DiffusionConfig {
         num_timesteps: 20,
         ..Default::default()

@@ -23,7 +23,15 @@ pub struct ClassifierConfig {
 
 impl ClassifierConfig {
     /// Builds the classifier (head zero-initialised: uniform predictions at the start).
+    /// The weights are drawn here, as [`UNetConfig::init`] draws them.
     pub fn init(&self, device: &Device) -> NoisyClassifier {
+        let _rng = crate::device::rng_guard();
+        let model = self.build(device);
+        crate::params::materialize(&model);
+        model
+    }
+
+    fn build(&self, device: &Device) -> NoisyClassifier {
         let Encoder {
             time_embedding,
             conv_in,

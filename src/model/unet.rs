@@ -175,6 +175,7 @@ impl UNetConfig {
     /// The encoder half: time embedding, input convolution, down path and bottleneck (shared
     /// by the U-Net and the noisy-image classifier).
     pub fn init_encoder(&self, device: &Device) -> Encoder {
+        let _rng = crate::device::rng_guard();
         if let Err(e) = self.validate() {
             panic!("invalid UNetConfig: {e}");
         }
@@ -247,8 +248,17 @@ impl UNetConfig {
         }
     }
 
-    /// Builds the network with the reference initialisation.
+    /// Builds the network with the reference initialisation. The weights are drawn here, from
+    /// the device's generator under [`crate::device::rng_guard`] (burn would draw them lazily,
+    /// at first use, when another thread may be drawing too).
     pub fn init(&self, device: &Device) -> UNet {
+        let _rng = crate::device::rng_guard();
+        let unet = self.build(device);
+        crate::params::materialize(&unet);
+        unet
+    }
+
+    fn build(&self, device: &Device) -> UNet {
         let Encoder {
             time_embedding,
             conv_in,

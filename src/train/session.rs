@@ -284,8 +284,11 @@ impl<T: Task> Session<T> {
         let task = checked_task::<T>(config)?;
         let data = task.load_data()?;
         task.config().save(run)?;
-        device.seed(task.config().train().seed);
-        let model = task.init(device);
+        let model = {
+            let _rng = crate::device::rng_guard();
+            device.seed(task.config().train().seed);
+            task.init(device)
+        };
         let layout = params::layout(&model);
         let values = params::collect(&model)
             .into_iter()

@@ -223,11 +223,15 @@ impl Task for DiffusionTask {
             weights,
         } = batch;
         let x_t = self.diffusion.q_sample(x0.clone(), &t, eps.clone());
-        if self.config.model.dropout > 0.0 {
-            model.devices()[0].seed(mix(self.config.train.seed, step, 3));
-        }
         let tf: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-        let raw = model.forward_with(x_t.clone(), &tf, labels.as_deref(), true);
+        let raw = if self.config.model.dropout > 0.0 {
+            // The dropout keys are drawn during the forward pass.
+            let _rng = crate::device::rng_guard();
+            model.devices()[0].seed(mix(self.config.train.seed, step, 3));
+            model.forward_with(x_t.clone(), &tf, labels.as_deref(), true)
+        } else {
+            model.forward_with(x_t.clone(), &tf, labels.as_deref(), true)
+        };
         match (&mut self.t_sampler, weights) {
             (Some(sampler), Some(w)) => {
                 // Nichol & Dhariwal 2021, eq. 17: record the unweighted terms, then weight each
