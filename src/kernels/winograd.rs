@@ -369,13 +369,16 @@ thread_local! {
     static PACKED: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
 }
 
-/// Runs `f` with this thread's scratch. The scratch is taken out while `f` runs, so a task
-/// that rayon starts on this thread while `f` waits inside a parallel GEMM gets fresh buffers
-/// instead of a second borrow.
-fn with_work<R>(f: impl FnOnce(&mut Work) -> R) -> R {
-    let mut work = WORK.with_borrow_mut(std::mem::take);
+/// Runs `f` with this thread's scratch in `key`. The scratch is taken out while `f` runs, so
+/// a task that rayon starts on this thread while `f` waits inside a parallel loop gets fresh
+/// buffers instead of a second borrow.
+fn with_scratch<T: Default, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut work = key.with_borrow_mut(std::mem::take);
     let r = f(&mut work);
-    WORK.with_borrow_mut(|w| *w = work);
+    key.with_borrow_mut(|w| *w = work);
     r
 }
 
@@ -425,26 +428,26 @@ pub fn forward(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<
     // (Both product routes split tiles or channels, never a sum, so the bits stay the same.)
     let par = g.batch.div_ceil(per_task) < 2 * rayon::current_num_threads();
     let (ci, co) = (g.c_in, g.c_out);
-    let mut packed_buf = PACKED.with_borrow_mut(std::mem::take);
-    let packed = products_kernel().then(|| pack_for_products(u, co, ci, &mut packed_buf));
-    y.par_chunks_mut(per_task * out_len)
-        .enumerate()
-        .for_each(|(task, y_chunk)| {
-            with_work(|work| {
-                let imgs = y_chunk.len() / out_len;
-                let x_chunk = &x[task * per_task * g.in_len()..][..imgs * g.in_len()];
-                let tiles = imgs * grid.tiles();
-                let xp = scratch(&mut work.xp, imgs * grid.hp * grid.wp * ci);
-                zero_border(g, grid, imgs, xp);
-                pad_nhwc(g, grid, x_chunk, xp);
-                let v = scratch(&mut work.v, tiles * XI * ci);
-                input_transform(g, grid, imgs, xp, v);
-                let m = scratch(&mut work.m, tiles * XI * co);
-                products(co, ci, tiles, u, packed, v, m, par);
-                output_transform(g, grid, imgs, m, bias, y_chunk);
-            })
-        });
-    PACKED.with_borrow_mut(|p| *p = packed_buf);
+    with_scratch(&PACKED, |packed_buf| {
+        let packed = products_kernel().then(|| pack_for_products(u, co, ci, packed_buf));
+        y.par_chunks_mut(per_task * out_len)
+            .enumerate()
+            .for_each(|(task, y_chunk)| {
+                with_scratch(&WORK, |work| {
+                    let imgs = y_chunk.len() / out_len;
+                    let x_chunk = &x[task * per_task * g.in_len()..][..imgs * g.in_len()];
+                    let tiles = imgs * grid.tiles();
+                    let xp = scratch(&mut work.xp, imgs * grid.hp * grid.wp * ci);
+                    zero_border(g, grid, imgs, xp);
+                    pad_nhwc(g, grid, x_chunk, xp);
+                    let v = scratch(&mut work.v, tiles * XI * ci);
+                    input_transform(g, grid, imgs, xp, v);
+                    let m = scratch(&mut work.m, tiles * XI * co);
+                    products(co, ci, tiles, u, packed, v, m, par);
+                    output_transform(g, grid, imgs, m, bias, y_chunk);
+                })
+            });
+    });
     y
 }
 
@@ -768,68 +771,67 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let grid = Grid::of(g);
     let per_task = tasks_of(g, grid);
     let tiles = g.batch * grid.tiles();
-    // V and dM of the whole batch live in this thread's scratch between calls (see [`WORK`]).
-    let mut bufs = GRAD_WORK.with_borrow_mut(std::mem::take);
-    let (v_buf, dm_buf, du_buf) = &mut bufs;
-    let v = scratch(v_buf, tiles * XI * ci);
-    v.par_chunks_mut(per_task * grid.tiles() * XI * ci)
-        .zip(x.par_chunks(per_task * g.in_len()))
-        .for_each(|(v_chunk, x_chunk)| {
-            with_work(|work| {
-                let imgs = x_chunk.len() / g.in_len();
-                let xp = scratch(&mut work.xp, imgs * grid.hp * grid.wp * ci);
-                zero_border(g, grid, imgs, xp);
-                pad_nhwc(g, grid, x_chunk, xp);
-                input_transform(g, grid, imgs, xp, v_chunk);
-            })
-        });
-    let dm = scratch(dm_buf, tiles * XI * co);
-    dm.par_chunks_mut(per_task * grid.tiles() * XI * co)
-        .zip(dy.par_chunks(per_task * out_len))
-        .for_each(|(dm_chunk, dy_chunk)| {
-            grad_output_transform(g, grid, dy_chunk.len() / out_len, dy_chunk, dm_chunk);
-        });
-    // dU_ξ = dM_ξ [C_out × tiles] · V_ξᵀ [tiles × C_in], as [ξ][C_out][C_in].
-    let du = scratch(du_buf, XI * co * ci);
-    du.par_chunks_mut(co * ci)
-        .enumerate()
-        .for_each(|(xi, du_xi)| {
-            matmul(
-                co,
-                ci,
-                tiles,
-                du_xi,
-                (ci, 1),
-                false,
-                &dm[xi * co..],
-                (1, XI * co),
-                &v[xi * ci..],
-                (XI * ci, 1),
-                false,
-            );
-        });
-    dw.par_chunks_mut(ci * 9)
-        .enumerate()
-        .for_each(|(o, dw_co)| {
-            for (i, k) in dw_co.chunks_exact_mut(9).enumerate() {
-                let at_xi = |xi: usize| du[(xi * co + o) * ci + i] as f64;
-                // Gᵀ dU column by column (3×6), then (Gᵀ dU) G row by row (3×3).
-                let mut t = [[0f64; ALPHA]; 3];
-                for s in 0..ALPHA {
-                    let col = gt_col(std::array::from_fn(|r| at_xi(r * ALPHA + s)));
+    // V and dM of the whole batch live in this thread's scratch between calls ([`with_scratch`]).
+    with_scratch(&GRAD_WORK, |(v_buf, dm_buf, du_buf)| {
+        let v = scratch(v_buf, tiles * XI * ci);
+        v.par_chunks_mut(per_task * grid.tiles() * XI * ci)
+            .zip(x.par_chunks(per_task * g.in_len()))
+            .for_each(|(v_chunk, x_chunk)| {
+                with_scratch(&WORK, |work| {
+                    let imgs = x_chunk.len() / g.in_len();
+                    let xp = scratch(&mut work.xp, imgs * grid.hp * grid.wp * ci);
+                    zero_border(g, grid, imgs, xp);
+                    pad_nhwc(g, grid, x_chunk, xp);
+                    input_transform(g, grid, imgs, xp, v_chunk);
+                })
+            });
+        let dm = scratch(dm_buf, tiles * XI * co);
+        dm.par_chunks_mut(per_task * grid.tiles() * XI * co)
+            .zip(dy.par_chunks(per_task * out_len))
+            .for_each(|(dm_chunk, dy_chunk)| {
+                grad_output_transform(g, grid, dy_chunk.len() / out_len, dy_chunk, dm_chunk);
+            });
+        // dU_ξ = dM_ξ [C_out × tiles] · V_ξᵀ [tiles × C_in], as [ξ][C_out][C_in].
+        let du = scratch(du_buf, XI * co * ci);
+        du.par_chunks_mut(co * ci)
+            .enumerate()
+            .for_each(|(xi, du_xi)| {
+                matmul(
+                    co,
+                    ci,
+                    tiles,
+                    du_xi,
+                    (ci, 1),
+                    false,
+                    &dm[xi * co..],
+                    (1, XI * co),
+                    &v[xi * ci..],
+                    (XI * ci, 1),
+                    false,
+                );
+            });
+        dw.par_chunks_mut(ci * 9)
+            .enumerate()
+            .for_each(|(o, dw_co)| {
+                for (i, k) in dw_co.chunks_exact_mut(9).enumerate() {
+                    let at_xi = |xi: usize| du[(xi * co + o) * ci + i] as f64;
+                    // Gᵀ dU column by column (3×6), then (Gᵀ dU) G row by row (3×3).
+                    let mut t = [[0f64; ALPHA]; 3];
+                    for s in 0..ALPHA {
+                        let col = gt_col(std::array::from_fn(|r| at_xi(r * ALPHA + s)));
+                        for a in 0..3 {
+                            t[a][s] = col[a];
+                        }
+                    }
                     for a in 0..3 {
-                        t[a][s] = col[a];
+                        let row = gt_col(t[a]);
+                        for b in 0..3 {
+                            k[a * 3 + b] = row[b] as f32;
+                        }
                     }
                 }
-                for a in 0..3 {
-                    let row = gt_col(t[a]);
-                    for b in 0..3 {
-                        k[a * 3 + b] = row[b] as f32;
-                    }
-                }
-            }
-        });
-    GRAD_WORK.with_borrow_mut(|w| *w = bufs);
+            });
+    });
     dw
 }
 
