@@ -1144,6 +1144,11 @@ mod tests {
         // counts that are not multiples of its tile blocks, one image split across threads.
         shapes.push(g(2, 5, 6, 10, 70, [1, 1, 1, 1]));
         shapes.push(g(1, 8, 28, 28, 70, [1, 1, 1, 1]));
+        // 64 + 6 and 40 = 32 + 8 input channels with 13 and 7 output channels: every block of
+        // the weight gradient's kernel, with masked input vectors, partial output blocks and
+        // (80 tiles) two chunks of tiles.
+        shapes.push(g(20, 70, 6, 7, 13, [1, 1, 1, 1]));
+        shapes.push(g(3, 40, 5, 9, 7, [1, 1, 1, 1]));
         assert!(shapes.len() >= 7, "{}", shapes.len());
         for (i, g) in shapes.iter().enumerate() {
             let x = lcg(g.batch * g.in_len(), 700 + i as u64);

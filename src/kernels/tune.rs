@@ -122,8 +122,9 @@ pub fn machine_key() -> String {
 
 /// Raised whenever a kernel's speed changes enough to move choices, so that cached choices
 /// are measured again. 2: the Winograd products kernel, register-transposed padding and
-/// vectorised GroupNorm; 3: Winograd tasks spread over the threads for small images.
-const KERNEL_REVISION: u32 = 3;
+/// vectorised GroupNorm; 3: Winograd tasks spread over the threads for small images; 4: the
+/// Winograd weight gradient's products on their own kernel.
+const KERNEL_REVISION: u32 = 4;
 
 /// Turns measuring on for [`KernelPolicy::Auto`](super::KernelPolicy::Auto), with choices
 /// kept in `cache` (a JSON file, created when missing) across processes on this machine.

@@ -672,6 +672,190 @@ unsafe fn product_block<const NB: usize, const TB: usize>(
     }
 }
 
+/// Tiles whose dM and V rows [`grad_products`]' kernel takes at a time, for a few ξ: about
+/// 100 KB for 32 + 32 channels, so they stay in L1/L2 while every output block passes over
+/// them, and span few pages (a whole ξ column of a batch is 36 rows apart per tile and missed
+/// the TLB on every row).
+const GRAD_CHUNK: usize = 64;
+/// Tiles ahead whose rows [`grad_block`] prefetches.
+const GRAD_PREFETCH: usize = 24;
+/// ξ per task of [`grad_products`]' kernel: six tasks, contiguous in each tile's rows.
+const GRAD_XI_GROUP: usize = 6;
+
+/// `dU_ξ [C_out × C_in] = Σ_tiles dM_ξ · V_ξᵀ` for every ξ, from `dm[tile][ξ][C_out]` and
+/// `v[tile][ξ][C_in]`, into `du[ξ][C_out][C_in]`.
+///
+/// With AVX-512, this module's kernel: each tile adds the outer product of its dM_ξ row and
+/// its V_ξ row, read where the transforms left them (a general GEMM first repacks both
+/// operands). Tiles go in chunks of [`GRAD_CHUNK`], the partial sums through `du` between
+/// chunks; every output is still one sum over the tiles in order (a partial sum stored and
+/// reloaded is the same f32), so no bit depends on the chunking or the threads. Elsewhere:
+/// the GEMM crate, one ξ per task.
+fn grad_products(co: usize, ci: usize, tiles: usize, dm: &[f32], v: &[f32], du: &mut [f32]) {
+    assert!(dm.len() >= tiles * XI * co && v.len() >= tiles * XI * ci);
+    assert_eq!(du.len(), XI * co * ci, "winograd: dU size");
+    #[cfg(target_arch = "x86_64")]
+    if products_kernel() {
+        du.fill(0.0);
+        du.par_chunks_mut(GRAD_XI_GROUP * co * ci)
+            .enumerate()
+            .for_each(|(group, du_g)| {
+                let xi0 = group * GRAD_XI_GROUP;
+                for t0 in (0..tiles).step_by(GRAD_CHUNK) {
+                    let t1 = tiles.min(t0 + GRAD_CHUNK);
+                    for (k, du_xi) in du_g.chunks_exact_mut(co * ci).enumerate() {
+                        // SAFETY: AVX-512F is present; the sizes were checked above.
+                        unsafe { grad_products_avx512(co, ci, t0..t1, xi0 + k, dm, v, du_xi) };
+                    }
+                }
+            });
+        return;
+    }
+    du.par_chunks_mut(co * ci)
+        .enumerate()
+        .for_each(|(xi, du_xi)| {
+            matmul(
+                co,
+                ci,
+                tiles,
+                du_xi,
+                (ci, 1),
+                false,
+                &dm[xi * co..],
+                (1, XI * co),
+                &v[xi * ci..],
+                (XI * ci, 1),
+                false,
+            )
+        });
+}
+
+/// [`grad_products`]' kernel for one ξ and the tiles `ts`, adding to `du_xi`: blocks of up to
+/// 64 input channels (4 registers) times a few output channels, accumulated in registers.
+///
+/// # Safety
+/// AVX-512F must be present; `dm` and `v` hold the rows of tiles `ts` (`·36·co`, `·36·ci`
+/// values) and `du_xi` `co·ci`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn grad_products_avx512(
+    co: usize,
+    ci: usize,
+    ts: std::ops::Range<usize>,
+    xi: usize,
+    dm: &[f32],
+    v: &[f32],
+    du_xi: &mut [f32],
+) {
+    let mut i0 = 0;
+    while i0 < ci {
+        let left = ci - i0;
+        // SAFETY: as the caller promised, for input channels i0..
+        unsafe {
+            if left > 48 {
+                grad_block::<4, 6>(co, ci, ts.clone(), xi, i0, dm, v, du_xi);
+                i0 += 64;
+            } else if left > 32 {
+                grad_block::<3, 8>(co, ci, ts.clone(), xi, i0, dm, v, du_xi);
+                i0 += 48;
+            } else if left > 16 {
+                grad_block::<2, 12>(co, ci, ts.clone(), xi, i0, dm, v, du_xi);
+                i0 += 32;
+            } else {
+                grad_block::<1, 16>(co, ci, ts.clone(), xi, i0, dm, v, du_xi);
+                i0 += 16;
+            }
+        }
+    }
+}
+
+/// `NB` vectors of input channels from `i0` (the last ones masked at C_in) for every output
+/// channel, `TB` at a time, with `NB·TB` accumulators in registers, loaded from `du_xi` and
+/// stored back.
+///
+/// # Safety
+/// As [`grad_products_avx512`], and `i0 < ci`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_block<const NB: usize, const TB: usize>(
+    co: usize,
+    ci: usize,
+    ts: std::ops::Range<usize>,
+    xi: usize,
+    i0: usize,
+    dm: &[f32],
+    v: &[f32],
+    du_xi: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(i0 < ci && du_xi.len() == co * ci);
+    debug_assert!(dm.len() >= ts.end * XI * co && v.len() >= ts.end * XI * ci);
+    // Masked loads read nothing past C_in (a vector wholly past it reads zeros, unstored).
+    let masks: [__mmask16; NB] = std::array::from_fn(|j| {
+        let n = ci.saturating_sub(i0 + LANES * j).min(LANES);
+        ((1u32 << n) - 1) as __mmask16
+    });
+    for o0 in (0..co).step_by(TB) {
+        // Past the last output channel, the columns repeat it; their sums are not stored.
+        let cols: [usize; TB] = std::array::from_fn(|r| (o0 + r).min(co - 1));
+        let rows = TB.min(co - o0);
+        let mut acc = [[_mm512_setzero_ps(); NB]; TB];
+        for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
+            for j in 0..NB {
+                // SAFETY: the mask keeps the load inside row o0 + r's C_in values.
+                acc_r[j] = unsafe {
+                    _mm512_maskz_loadu_ps(
+                        masks[j],
+                        du_xi.as_ptr().add((o0 + r) * ci + i0 + LANES * j),
+                    )
+                };
+            }
+        }
+        for t in ts.clone() {
+            // SAFETY: tile t's V_ξ row holds ci values from (t·36 + ξ)·ci, its dM_ξ row co.
+            let (vr, dr) = unsafe {
+                (
+                    v.as_ptr().add((t * XI + xi) * ci + i0),
+                    dm.as_ptr().add((t * XI + xi) * co),
+                )
+            };
+            // Consecutive tiles' rows are more than a page apart, where the hardware's
+            // prefetchers stop: fetch a few tiles ahead by hand (a hint; never faults).
+            let ahead = GRAD_PREFETCH * XI;
+            for j in 0..NB {
+                _mm_prefetch::<_MM_HINT_T0>(vr.wrapping_add(ahead * ci + LANES * j).cast());
+            }
+            _mm_prefetch::<_MM_HINT_T0>(dr.wrapping_add(ahead * co + cols[0]).cast());
+            _mm_prefetch::<_MM_HINT_T0>(dr.wrapping_add(ahead * co + cols[TB - 1]).cast());
+            let x: [__m512; NB] = std::array::from_fn(|j| unsafe {
+                _mm512_maskz_loadu_ps(masks[j], vr.add(LANES * j))
+            });
+            for r in 0..TB {
+                let b = _mm512_set1_ps(unsafe { *dr.add(cols[r]) });
+                for j in 0..NB {
+                    acc[r][j] = _mm512_fmadd_ps(x[j], b, acc[r][j]);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate().take(rows) {
+            let row = (o0 + r) * ci + i0;
+            for j in 0..NB {
+                if masks[j] != 0 {
+                    // SAFETY: the mask keeps the store inside this row's C_in values.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            du_xi.as_mut_ptr().add(row + LANES * j),
+                            masks[j],
+                            acc_r[j],
+                        )
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// `A dy` for one column of a 4×4 output-gradient tile: the adjoint of [`at`].
 #[inline(always)]
 fn a_col(d: [f32; TILE]) -> [f32; ALPHA] {
@@ -751,8 +935,9 @@ fn gt_col(u: [f64; ALPHA]) -> [f64; 3] {
 
 /// `∂L/∂w` of a stride-1 3×3 convolution ([`applies`]) through the Winograd domain, the
 /// adjoint of [`forward`]: with `V_ξ` the transformed input tiles and `dM_ξ = (A dY Aᵀ)_ξ` the
-/// transformed output-gradient tiles, `dU_ξ [C_out × C_in] = Σ_tiles dM_ξ · V_ξᵀ` (36 GEMMs
-/// whose depth is the number of tiles in the batch) and `dw = Gᵀ dU G` for each kernel.
+/// transformed output-gradient tiles, `dU_ξ [C_out × C_in] = Σ_tiles dM_ξ · V_ξᵀ` (36 products
+/// whose depth is the number of tiles in the batch, [`grad_products`]) and `dw = Gᵀ dU G` for
+/// each kernel.
 /// Each of the 36 sums runs on one thread over the tiles in a fixed order, so the bits do not
 /// depend on the thread count. Returns `[C_out, C_in, 3, 3]`.
 pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -793,23 +978,7 @@ pub fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             });
         // dU_ξ = dM_ξ [C_out × tiles] · V_ξᵀ [tiles × C_in], as [ξ][C_out][C_in].
         let du = scratch(du_buf, XI * co * ci);
-        du.par_chunks_mut(co * ci)
-            .enumerate()
-            .for_each(|(xi, du_xi)| {
-                matmul(
-                    co,
-                    ci,
-                    tiles,
-                    du_xi,
-                    (ci, 1),
-                    false,
-                    &dm[xi * co..],
-                    (1, XI * co),
-                    &v[xi * ci..],
-                    (XI * ci, 1),
-                    false,
-                );
-            });
+        grad_products(co, ci, tiles, dm, v, du);
         dw.par_chunks_mut(ci * 9)
             .enumerate()
             .for_each(|(o, dw_co)| {
