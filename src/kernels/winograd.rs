@@ -608,6 +608,16 @@ unsafe fn products_avx512(
     }
 }
 
+/// For `NB` vectors of channels from `start` out of `len`: each vector's mask of the lanes
+/// below `len` (0 for a vector wholly past it).
+#[cfg(target_arch = "x86_64")]
+fn lane_masks<const NB: usize>(len: usize, start: usize) -> [std::arch::x86_64::__mmask16; NB] {
+    std::array::from_fn(|j| {
+        let n = len.saturating_sub(start + LANES * j).min(LANES);
+        ((1u32 << n) - 1) as u16
+    })
+}
+
 /// `NB` vectors of output channels from `c0` (the last one masked at C_out) for every tile, `TB`
 /// tiles at a time, with `NB·TB` accumulators in registers.
 ///
@@ -630,10 +640,7 @@ unsafe fn product_block<const NB: usize, const TB: usize>(
     let cp = padded(co);
     debug_assert!(c0 + LANES * NB <= cp && u_xi.len() == ci * cp);
     debug_assert!(v.len() >= tiles * XI * ci && m.len() >= tiles * XI * co);
-    let masks: [__mmask16; NB] = std::array::from_fn(|j| {
-        let n = co.saturating_sub(c0 + LANES * j).min(LANES);
-        ((1u32 << n) - 1) as __mmask16
-    });
+    let masks = lane_masks::<NB>(co, c0);
     for t0 in (0..tiles).step_by(TB) {
         // Past the last tile, the rows repeat it; their sums are not stored.
         let rows: [*const f32; TB] = std::array::from_fn(|t| {
@@ -792,10 +799,7 @@ unsafe fn grad_block<const NB: usize, const TB: usize>(
     debug_assert!(i0 < ci && du_xi.len() == co * ci);
     debug_assert!(dm.len() >= ts.end * XI * co && v.len() >= ts.end * XI * ci);
     // Masked loads read nothing past C_in (a vector wholly past it reads zeros, unstored).
-    let masks: [__mmask16; NB] = std::array::from_fn(|j| {
-        let n = ci.saturating_sub(i0 + LANES * j).min(LANES);
-        ((1u32 << n) - 1) as __mmask16
-    });
+    let masks = lane_masks::<NB>(ci, i0);
     for o0 in (0..co).step_by(TB) {
         // Past the last output channel, the columns repeat it; their sums are not stored.
         let cols: [usize; TB] = std::array::from_fn(|r| (o0 + r).min(co - 1));
