@@ -216,9 +216,11 @@ pub fn measure_weight_grad(g: &ConvGeom) -> Vec<(Algo, f64)> {
 }
 
 /// The algorithm for the stride-1 convolution `g`: the pinned, cached or measured choice when
-/// the tuner is on, else `rule(g)`.
+/// the tuner is on, else `rule(g)`. A choice that cannot run here (the direct kernel, pinned
+/// by a run resumed from a machine with AVX-512 on one without) gives way to `rule(g)`.
 pub fn choose(g: &ConvGeom, rule: impl Fn(&ConvGeom) -> Algo) -> Algo {
-    choose_keyed(shape_key(g), || rule(g), || decide(measure(g)))
+    let algo = choose_keyed(shape_key(g), || rule(g), || decide(measure(g)));
+    if algo.runs(g) { algo } else { rule(g) }
 }
 
 /// The algorithm for the weight gradient of `g` (im2col + GEMM or Winograd), chosen as
@@ -331,15 +333,40 @@ mod tests {
     // One test: the tuner is process-wide state.
     #[test]
     fn rule_until_enabled_then_measured_cached_and_pinned() {
-        if !super::super::direct::available() {
-            println!("no AVX-512 here: the direct kernel never runs, nothing to tune");
-            return;
-        }
         // Off: the rule decides and nothing is recorded.
         let g = geom(16, 2);
-        assert_eq!(choose(&g, |_| Algo::Direct), Algo::Direct);
         assert_eq!(choose(&g, |_| Algo::Gemm), Algo::Gemm);
         assert!(snapshot().is_empty());
+
+        // A pinned choice that cannot run here gives way to the rule: the direct kernel on a
+        // 1×1 convolution (on no CPU), and on any shape without AVX-512 (a run resumed from a
+        // machine that has it).
+        let pointwise = ConvGeom {
+            kh: 1,
+            kw: 1,
+            pad: [0; 4],
+            ..geom(8, 2)
+        };
+        let wide = geom(12, 2);
+        pin(&BTreeMap::from([
+            (shape_key(&pointwise), "direct".to_string()),
+            (shape_key(&wide), "direct".to_string()),
+        ]));
+        assert_eq!(choose(&pointwise, |_| Algo::Gemm), Algo::Gemm);
+        let direct_here = super::super::direct::available();
+        assert_eq!(
+            choose(&wide, |_| Algo::Gemm),
+            if direct_here {
+                Algo::Direct
+            } else {
+                Algo::Gemm
+            }
+        );
+        if !direct_here {
+            println!("no AVX-512 here: the direct kernel never runs, nothing more to tune");
+            return;
+        }
+        assert_eq!(choose(&g, |_| Algo::Direct), Algo::Direct);
 
         // Pinned choices win over the rule.
         let pinned = geom(24, 3);
