@@ -108,6 +108,8 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Before any kernel runs: the level is fixed at first use.
+    ddpm::kernels::simd::check_env().map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -367,3 +367,58 @@ fn class_conditional_training_and_guided_sampling_options() {
         assert!(!ok && err.contains(needle), "{args:?}: {out}\n{err}");
     }
 }
+
+/// The instruction-set levels of the kernels (src/kernels/simd.rs) compute the same bits where
+/// they run the same algorithms: two training steps with every convolution on im2col + GEMM
+/// write byte-identical checkpoints at each level this CPU has. A `DDPM_SIMD` that names no
+/// level is a clear error.
+#[test]
+fn simd_levels_train_to_the_same_bytes() {
+    use ddpm::kernels::simd::{SimdLevel, detected};
+    let dir = tempfile::tempdir().unwrap();
+    let train = |level: &str| {
+        let run = dir.path().join(level);
+        let out = Command::new(env!("CARGO_BIN_EXE_ddpm"))
+            .env("DDPM_SIMD", level)
+            .args(["--threads", "1", "--kernels", "gemm", "train", "--run"])
+            .arg(&run)
+            .args(["--preset", "tiny", "--steps", "2", "--batch-size", "4"])
+            .args(["--preview-count", "0", "--quiet"])
+            .output()
+            .expect("run ddpm");
+        (out, run.join("checkpoints").join("step-0000002"))
+    };
+    let levels: Vec<&str> = [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .filter(|&l| l <= detected())
+        .map(|l| l.name())
+        .collect();
+    let mut first: Option<(&str, std::path::PathBuf)> = None;
+    for level in levels {
+        let (out, ckpt) = train(level);
+        assert!(
+            out.status.success(),
+            "DDPM_SIMD={level}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match &first {
+            None => first = Some((level, ckpt)),
+            Some((l0, c0)) => {
+                for f in [
+                    "model.safetensors",
+                    "ema.safetensors",
+                    "optimizer.safetensors",
+                ] {
+                    assert!(
+                        std::fs::read(c0.join(f)).unwrap() == std::fs::read(ckpt.join(f)).unwrap(),
+                        "{f} differs between DDPM_SIMD={l0} and DDPM_SIMD={level}"
+                    );
+                }
+            }
+        }
+    }
+    let (out, _) = train("avx3");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DDPM_SIMD=\"avx3\""), "{err}");
+}

@@ -1,25 +1,108 @@
-//! Runtime selection of AVX-512 code paths, and a vectorisable `exp`.
+//! Runtime selection of the kernels' code paths by instruction set, and a vectorisable `exp`.
 //!
 //! The crate is compiled for baseline x86-64 (SSE2) so that the binary runs anywhere; the hot
-//! loops of the kernels are compiled a second time with AVX-512 enabled and picked at run
-//! time, the way burn-flex's GEMM does. A given machine always takes the same path, so results
-//! stay bit-for-bit reproducible on it.
+//! loops of the kernels are compiled twice more, with AVX2 + FMA and with AVX-512, and the best
+//! build the CPU supports is picked at run time, the way burn-flex's GEMM does. The explicit
+//! AVX-512 kernels (the direct convolution, Winograd's products, the register transposes, bf16)
+//! run only at [`SimdLevel::Avx512`]; below it their callers take the GEMM crate or the scalar
+//! loops. A given machine always takes the same path, so results stay bit-for-bit
+//! reproducible on it; the loops compiled by [`multiversion!`] use no fused or reordered
+//! arithmetic, so their three builds give the same bits.
+//!
+//! `DDPM_SIMD=baseline|avx2|avx512` caps the level below what the CPU has (a CPU without
+//! AVX-512 runs what `DDPM_SIMD=avx2` runs here), so that every path can be tested and timed
+//! on one machine; [`check_env`] rejects other values and levels the CPU lacks.
 
-/// Whether this CPU has the AVX-512 subset the fast paths are compiled for.
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-    })
+use std::sync::OnceLock;
+
+/// An instruction-set level of the kernels' fast paths, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    /// Baseline x86-64 (SSE2), or any other architecture: portable Rust.
+    Baseline,
+    /// AVX2 and FMA (Intel Haswell and later, AMD Zen 1–3): the multiversioned loops at
+    /// 256 bits; the AVX-512 kernels' work goes to the GEMM crate and scalar loops.
+    Avx2,
+    /// AVX-512 F + VL with AVX2 and FMA (Intel Skylake-SP and later, AMD Zen 4 and later).
+    Avx512,
 }
 
-/// Defines `fn name(args) -> ret { body }` twice, for baseline x86-64 and for AVX-512, and
-/// calls the AVX-512 build when the CPU supports it. Helpers the body calls must be
-/// `#[inline(always)]` to be compiled into the fast path.
+impl SimdLevel {
+    /// The name `DDPM_SIMD` takes and the tuner's cache records.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512]
+            .into_iter()
+            .find(|l| l.name() == s.trim().to_ascii_lowercase())
+    }
+}
+
+/// The best level this CPU supports.
+pub fn detected() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
+            return SimdLevel::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return SimdLevel::Avx2;
+        }
+    }
+    SimdLevel::Baseline
+}
+
+/// `DDPM_SIMD`'s level, if it is set: an error for a value that names no level or a level
+/// above this CPU's.
+fn requested() -> Result<Option<SimdLevel>, String> {
+    let Ok(v) = std::env::var("DDPM_SIMD") else {
+        return Ok(None);
+    };
+    let level = SimdLevel::parse(&v).ok_or_else(|| {
+        format!("DDPM_SIMD={v:?}: use baseline, avx2 or avx512 (or unset it for the CPU's best)")
+    })?;
+    let cpu = detected();
+    if level > cpu {
+        return Err(format!(
+            "DDPM_SIMD={}: this CPU supports {} at most",
+            level.name(),
+            cpu.name()
+        ));
+    }
+    Ok(Some(level))
+}
+
+/// Checks `DDPM_SIMD` (for the CLI to report before any kernel runs).
+///
+/// # Errors
+/// If it is set to something other than `baseline`, `avx2` or `avx512`, or to a level this
+/// CPU lacks.
+pub fn check_env() -> Result<SimdLevel, String> {
+    requested().map(|_| level())
+}
+
+/// The level the kernels run at: the CPU's best, or `DDPM_SIMD`'s when it names a lower one
+/// (an unusable value is ignored here; [`check_env`] reports it). Fixed for the process.
+pub fn level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| requested().ok().flatten().unwrap_or_else(detected))
+}
+
+/// Whether the AVX-512 kernels run (the level is [`SimdLevel::Avx512`]).
+pub fn has_avx512() -> bool {
+    level() == SimdLevel::Avx512
+}
+
+/// Defines `fn name(args) -> ret { body }` three times, for baseline x86-64, for AVX2 + FMA and
+/// for AVX-512, and calls the build of the current [`level`]. Helpers the body calls must be
+/// `#[inline(always)]` to be compiled into the fast paths.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -32,9 +115,16 @@ macro_rules! multiversion {
                 fn fast($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if $crate::kernels::simd::has_avx512() {
-                    // SAFETY: the CPU supports every feature `fast` is compiled with.
-                    return unsafe { fast($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                fn wide($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                match $crate::kernels::simd::level() {
+                    // SAFETY: `level` never exceeds what the CPU supports.
+                    $crate::kernels::simd::SimdLevel::Avx512 => return unsafe { fast($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::kernels::simd::SimdLevel::Avx2 => return unsafe { wide($($arg),*) },
+                    $crate::kernels::simd::SimdLevel::Baseline => {}
                 }
             }
             body($($arg),*)
@@ -263,5 +353,48 @@ mod tests {
         assert!(exp(f32::NAN).is_nan());
         assert!(sigmoid(-200.0) >= 0.0 && sigmoid(-200.0) < 1e-37);
         assert_eq!(sigmoid(200.0), 1.0);
+    }
+
+    /// Every kernel test in this binary (`kernels::`) passes again at each level below the
+    /// CPU's: the test binary runs itself with `DDPM_SIMD` set, so the paths a CPU without
+    /// AVX-512 or without AVX2 takes are tested on this one. (The child, seeing `DDPM_SIMD`,
+    /// skips this test.)
+    #[test]
+    fn kernel_tests_pass_at_the_lower_levels() {
+        if std::env::var_os("DDPM_SIMD").is_some() {
+            println!("DDPM_SIMD is set: this process is one of the lower levels' runs");
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let lower = [SimdLevel::Baseline, SimdLevel::Avx2]
+            .into_iter()
+            .filter(|&l| l < detected());
+        for l in lower {
+            let out = std::process::Command::new(&exe)
+                .args(["kernels::", "--test-threads", "2"])
+                .env("DDPM_SIMD", l.name())
+                .output()
+                .expect("run the test binary");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "kernel tests at DDPM_SIMD={}:\n{stdout}\n{}",
+                l.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The child ran the kernel tests, not an empty selection.
+            assert!(stdout.contains("kernels::winograd::tests::"), "{stdout}");
+        }
+    }
+
+    #[test]
+    fn levels_are_ordered_and_named() {
+        assert!(SimdLevel::Baseline < SimdLevel::Avx2 && SimdLevel::Avx2 < SimdLevel::Avx512);
+        for l in [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512] {
+            assert_eq!(SimdLevel::parse(l.name()), Some(l));
+        }
+        assert_eq!(SimdLevel::parse("AVX2"), Some(SimdLevel::Avx2));
+        assert_eq!(SimdLevel::parse("avx3"), None);
+        assert!(level() <= detected());
     }
 }

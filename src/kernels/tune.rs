@@ -95,8 +95,9 @@ pub fn shape_key(g: &ConvGeom) -> String {
     )
 }
 
-/// This machine as the cache knows it: CPU model and stepping, AVX-512, and the thread count
-/// (the algorithms scale differently with threads).
+/// This machine as the cache knows it: CPU model and stepping, the kernels' instruction-set
+/// level ([`super::simd::level`]), and the thread count (the algorithms scale differently with
+/// threads).
 pub fn machine_key() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
@@ -109,12 +110,12 @@ pub fn machine_key() -> String {
     // The algorithm list and the kernels' revision are part of the key: choices measured
     // before Winograd existed, or before a kernel got faster, are not reused.
     format!(
-        "{} (family {}, model {}, stepping {}), avx512 {}, {} threads, gemm/direct/winograd r{}",
+        "{} (family {}, model {}, stepping {}), simd {}, {} threads, gemm/direct/winograd r{}",
         field("model name"),
         field("cpu family"),
         field("model"),
         field("stepping"),
-        super::direct::available(),
+        super::simd::level().name(),
         rayon::current_num_threads(),
         KERNEL_REVISION
     )
@@ -340,7 +341,7 @@ mod tests {
 
         // A pinned choice that cannot run here gives way to the rule: the direct kernel on a
         // 1×1 convolution (on no CPU), and on any shape without AVX-512 (a run resumed from a
-        // machine that has it).
+        // machine that has it, or `DDPM_SIMD=avx2`).
         let pointwise = ConvGeom {
             kh: 1,
             kw: 1,
