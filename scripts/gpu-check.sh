@@ -45,8 +45,8 @@ step() {
     local rc=${PIPESTATUS[0]}
     { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && say "(stopped at its ${limit} s limit)"
     say "(exit $rc, $(($(date +%s) - t0)) s)"
-    # cubecl's cache (database and write-ahead log together, one file), after every step, so
-    # that it comes back even if the call is cut short.
+    # cubecl's cache (its database with the write-ahead log and shared-memory files), after
+    # every step, so that it comes back even if the call is cut short.
     if [ -d "$PACK/cubecl" ] && [ -n "$(ls -A "$PACK/cubecl")" ]; then
         tar -C "$PACK" -cJf "$OUT/cubecl-cache.tar.xz" cubecl 2>/dev/null
     fi
@@ -95,7 +95,10 @@ export PYTHONUNBUFFERED=1
 # balanced, extensive, full; cubecl's default is balanced). The check defaults to minimal,
 # which groups shapes more coarsely into tuning keys, so fewer keys are tuned (each key still
 # compiles and times every candidate kernel: 13 per convolution direction); its effect on the
-# time is not measured yet.
+# time is not measured yet. The cache is written only by builds with cubecl-runtime's
+# `persistence` feature, which Cargo.toml's cuda and wgpu features turn on (burn leaves it
+# off; before that every process tuned every shape again and the cache folder stayed empty,
+# as a lavapipe run showed: README "GPUs").
 AUTOTUNE_LEVEL=${AUTOTUNE_LEVEL:-minimal}
 case "$AUTOTUNE_LEVEL" in
     minimal | balanced | extensive | full) ;;
