@@ -502,7 +502,7 @@ fn determinism_checks(device: &Device) -> Vec<Check> {
     );
     let run = |seed| {
         let mut noise = NoiseSource::new(seed);
-        let x = sample(
+        to_vec(sample(
             &d,
             &ddim,
             &model,
@@ -510,21 +510,38 @@ fn determinism_checks(device: &Device) -> Vec<Check> {
             device,
             &mut noise,
             |_, _| {},
-        );
-        x.into_data().into_bytes().to_vec()
+        ))
     };
+    // One run first, not compared. On burn's GPU backends the first passes through new shapes
+    // are autotuned, and operation fusion compiles its fused kernels only once it has seen a
+    // sequence of operations, so the first run's kernels can differ from every later run's
+    // (and a fused a·b + c may round once where separate kernels round twice). The lavapipe
+    // run in README "GPUs" found exactly that without this warm-up.
+    let _ = run(8);
     let (a, b, c) = (run(9), run(9), run(10));
+    let same = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+    let twice = same(&a, &b);
     vec![
-        Check::identical(
-            "tiny U-Net, DDIM-10 η=0.5: seed 9 twice",
-            a == b,
-            "bit-identical",
-        ),
+        Check {
+            name: "tiny U-Net, DDIM-10 η=0.5: seed 9 twice".into(),
+            measured: if twice {
+                "identical".into()
+            } else {
+                format!("max |Δ| {:.2e}", max_abs_diff(&a, &b))
+            },
+            tolerance: "bit-identical".into(),
+            pass: twice,
+        },
         Check {
             name: "tiny U-Net, DDIM-10 η=0.5: seed 9 vs seed 10".into(),
-            measured: if a == c { "identical" } else { "different" }.into(),
+            measured: if same(&a, &c) {
+                "identical"
+            } else {
+                "different"
+            }
+            .into(),
             tolerance: "different".into(),
-            pass: a != c,
+            pass: !same(&a, &c),
         },
     ]
 }
